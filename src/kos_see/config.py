@@ -1,0 +1,190 @@
+"""The engine's configuration: the specification's TOML plus what it leaves open.
+
+Sections ``[execution]``, ``[queue]``, ``[security]`` and ``[telemetry]`` carry
+the specification's keys and defaults; ``[store]`` and ``[logging]`` cover what
+it leaves open. Unknown keys, wrong types and impossible values fail at load
+time with the dotted key named. Environment variables override the file:
+``KOS_SEE_<SECTION>__<KEY>``, the value read as a TOML value when it parses as
+one (``KOS_SEE_EXECUTION__MAX_CONCURRENT_TASKS=4``), else as a string.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from kos_see.durations import parse_duration
+from kos_see.errors import ConfigError
+
+ENV_PREFIX = "KOS_SEE_"
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+# What an attempt's environment may inherit from the engine's; everything
+# else is dropped so that no credential of the engine leaks into a task.
+DEFAULT_ENV_ALLOWLIST = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ExecutionConfig(_Section):
+    worker_timeout: Seconds = 300.0
+    max_concurrent_tasks: int = Field(32, ge=1, le=4096)
+    default_runner: str = "local_python"
+    # After TERM, how long a process group has before it gets KILL.
+    kill_grace: Seconds = 3.0
+    # On SIGINT/SIGTERM of the engine, how long running attempts may finish
+    # before they are stopped and their tasks go back to the queue.
+    shutdown_grace: Seconds = 10.0
+    lease_seconds: Seconds = Field(30.0, gt=0)
+    heartbeat_seconds: Seconds = Field(10.0, gt=0)
+    # Bytes of stdout and of stderr kept per attempt; the rest is drained
+    # and counted, never buffered.
+    output_cap_bytes: int = Field(65536, ge=0)
+    # Events (progress, log lines, partial output) kept per attempt.
+    event_cap: int = Field(10000, ge=1)
+    result_cap_bytes: int = Field(1048576, ge=1)
+    keep_workdirs: bool = False
+    workdir_root: str = ""  # empty: <home>/work
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> ExecutionConfig:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                "execution.heartbeat_seconds must be shorter than "
+                f"execution.lease_seconds ({self.heartbeat_seconds} >= "
+                f"{self.lease_seconds}), or leases expire between heartbeats"
+            )
+        return self
+
+
+class QueueConfig(_Section):
+    retry_limit: int = Field(5, ge=0, le=1000)
+    retry_backoff: Literal["exponential", "fixed", "none"] = "exponential"
+    retry_base: Seconds = 1.0
+    retry_cap: Seconds = 300.0
+    default_class: Literal["realtime", "batch"] = "batch"
+    priority_min: int = -100
+    priority_max: int = 100
+
+    @model_validator(mode="after")
+    def _ranges(self) -> QueueConfig:
+        if self.priority_min > self.priority_max:
+            raise ValueError(
+                f"queue.priority_min ({self.priority_min}) is above "
+                f"queue.priority_max ({self.priority_max})"
+            )
+        if self.retry_base > self.retry_cap:
+            raise ValueError(
+                f"queue.retry_base ({self.retry_base}) is above "
+                f"queue.retry_cap ({self.retry_cap})"
+            )
+        return self
+
+
+class SecurityConfig(_Section):
+    task_isolation: bool = True
+    # Signed requests arrive with the security work; until then every request
+    # is recorded as unsigned, and this key is read and validated only.
+    allow_unsigned: bool = False
+    max_log_retention: Seconds = "30d"  # type: ignore[assignment]
+    env_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST))
+
+
+class TelemetryConfig(_Section):
+    enable_metrics: bool = True
+    provider: Literal["prometheus", "none"] = "prometheus"
+
+
+class StoreConfig(_Section):
+    # Empty means the embedded SQLite database in the engine's home.
+    url: str = ""
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class EngineConfig(_Section):
+    execution: ExecutionConfig = ExecutionConfig()
+    queue: QueueConfig = QueueConfig()
+    security: SecurityConfig = SecurityConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def load_config(
+    path: Path | None, environ: Mapping[str, str] | None = None
+) -> EngineConfig:
+    """Read ``path`` (if given), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None and path.exists():
+        data = _read_toml(path)
+    overrides = env_overrides(os.environ if environ is None else environ)
+    for section, values in overrides.items():
+        merged = data.setdefault(section, {})
+        if not isinstance(merged, dict):
+            raise ConfigError(f"config key {section!r} must be a table [{section}]")
+        merged.update(values)
+    return validate_config(data, source=str(path) if path else "defaults")
+
+
+def validate_config(data: Mapping[str, Any], source: str = "config") -> EngineConfig:
+    try:
+        return EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[key] = _toml_value(raw)
+    return out
+
+
+def _toml_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message} (got {err.get('input')!r})")
+    return f"invalid configuration in {source}: " + "; ".join(lines)

@@ -1,0 +1,184 @@
+"""Intake: every interface submits and cancels through here.
+
+The dispatcher resolves the service, validates the input against its schema
+(reporting every violation with its JSON path), applies defaults from the
+manifest and the configuration, honours idempotency keys and enqueues. It
+then wakes whoever serves the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from kos_see.config import EngineConfig
+from kos_see.errors import IdempotencyConflict, InputInvalid, RequestRefused, TaskNotFound
+from kos_see.models import NewTask, TaskRecord, new_task_id
+from kos_see.registry import Registry
+from kos_see.store import Store
+
+log = logging.getLogger(__name__)
+
+QUEUE_CLASSES = ("realtime", "batch", "deferred")
+MAX_INPUT_BYTES = 1024 * 1024
+
+Notifier = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    service: str  # NAME or NAME@VERSION
+    input: Any
+    tenant: str = "default"
+    principal: str = "local"
+    priority: int | None = None
+    queue_class: str | None = None
+    not_before: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task: TaskRecord
+    created: bool  # False: an earlier task with the same idempotency key
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def digest_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        config: EngineConfig,
+        notify: Notifier | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.notify = notify or (lambda _reason: None)
+
+    def submit(self, request: SubmitRequest, now: float | None = None) -> Submitted:
+        now = time.time() if now is None else now
+        record, manifest = self.registry.resolve(request.service)
+        input_text = self._check_input(request.input, manifest.input_schema, record.ref)
+        new = NewTask(
+            id=new_task_id(),
+            service=record.name,
+            version=record.version,
+            digest=record.digest,
+            tenant=request.tenant,
+            principal=request.principal,
+            queue_class=self._queue_class(request, manifest.queue_class, now),
+            priority=self._priority(request.priority),
+            input=input_text,
+            input_digest=digest_text(input_text),
+            idempotency_key=request.idempotency_key,
+            not_before=max(now, request.not_before or now),
+            timeout=manifest.timeout or self.config.execution.worker_timeout,
+            max_attempts=1 + (
+                manifest.retry_limit
+                if manifest.retry_limit is not None
+                else self.config.queue.retry_limit
+            ),
+            created_at=now,
+        )
+        task, created = self.store.create_task(new)
+        if not created:
+            self._check_same_request(task, new)
+        else:
+            self.notify("submit")
+        log.info(
+            "task submitted" if created else "task found by idempotency key",
+            extra={"action": "task_submitted", "task_id": task.id,
+                   "service": record.ref, "tenant": task.tenant, "created": created},
+        )
+        return Submitted(task=task, created=created)
+
+    def cancel(self, task_id: str, now: float | None = None) -> TaskRecord:
+        task = self.store.cancel_task(task_id, time.time() if now is None else now)
+        if task.cancel_requested:
+            self.notify("cancel")
+        log.info("task cancel requested", extra={
+            "action": "task_cancel", "task_id": task_id, "state": task.state.value})
+        return task
+
+    def get(self, task_id: str) -> TaskRecord:
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
+        return task
+
+    def _check_input(self, value: Any, schema: dict[str, Any], ref: str) -> str:
+        try:
+            text = canonical_json(value)
+        except (TypeError, ValueError) as exc:
+            raise InputInvalid(
+                f"input for {ref} is not JSON-serialisable: {exc}",
+                [{"path": "$", "message": str(exc)}],
+            ) from exc
+        if len(text.encode()) > MAX_INPUT_BYTES:
+            raise InputInvalid(
+                f"input for {ref} is larger than {MAX_INPUT_BYTES} bytes; pass large "
+                "data as a file the service reads, not inline",
+                [{"path": "$", "message": "too large"}],
+            )
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        if errors:
+            violations = [{"path": e.json_path, "message": e.message} for e in errors]
+            listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
+            raise InputInvalid(f"input for {ref} violates its schema: {listed}",
+                               violations)
+        return text
+
+    def _priority(self, priority: int | None) -> int:
+        if priority is None:
+            return 0
+        low, high = self.config.queue.priority_min, self.config.queue.priority_max
+        if isinstance(priority, bool) or not low <= priority <= high:
+            raise RequestRefused(
+                f"priority {priority!r} is outside the allowed range {low}..{high}"
+            )
+        return priority
+
+    def _queue_class(self, request: SubmitRequest, default: str | None, now: float) -> str:
+        if request.not_before is not None and not math.isfinite(request.not_before):
+            raise RequestRefused(f"not-before time {request.not_before!r} is not a time")
+        chosen = request.queue_class
+        if chosen is None and request.not_before is not None and request.not_before > now:
+            chosen = "deferred"
+        chosen = chosen or default or self.config.queue.default_class
+        if chosen not in QUEUE_CLASSES:
+            raise RequestRefused(
+                f"unknown queue class {chosen!r}; use one of {', '.join(QUEUE_CLASSES)}"
+            )
+        if chosen == "deferred" and request.not_before is None:
+            raise RequestRefused("queue class 'deferred' needs a not-before time")
+        return chosen
+
+    def _check_same_request(self, task: TaskRecord, new: NewTask) -> None:
+        if (task.service, task.version, task.input_digest) != (
+            new.service, new.version, new.input_digest,
+        ):
+            raise IdempotencyConflict(
+                f"idempotency key {new.idempotency_key!r} was used by task {task.id} "
+                f"for {task.service}@{task.version} with other input; use a new key "
+                "for a new request",
+                task_id=task.id,
+            )

@@ -1,0 +1,123 @@
+"""Every error the engine raises on purpose, under one base class.
+
+Each class's docstring is its default message. Errors carry the offending
+value in their message and, where the caller can fix something, what to do.
+``exit_code`` tells the CLI how to end: 2 bad usage, 3 refused request,
+4 failed task, 1 anything the engine itself got wrong.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ENGINE = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_TASK_FAILED = 4
+
+
+class KosSeeError(Exception):
+    """The engine could not do what was asked."""
+
+    exit_code = EXIT_ENGINE
+    code = "engine_error"
+
+    def __init__(self, message: str | None = None, **details: object) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class UsageError(KosSeeError):
+    """The command was called with arguments it cannot use."""
+
+    exit_code = EXIT_USAGE
+    code = "bad_usage"
+
+
+class ConfigError(KosSeeError):
+    """The configuration is not valid."""
+
+    exit_code = EXIT_USAGE
+    code = "bad_config"
+
+
+class HomeError(KosSeeError):
+    """The engine's home folder is missing or unusable."""
+
+    exit_code = EXIT_USAGE
+    code = "bad_home"
+
+
+class RequestRefused(KosSeeError):
+    """The request was refused."""
+
+    exit_code = EXIT_REFUSED
+    code = "refused"
+
+
+class ManifestError(RequestRefused):
+    """The service manifest is not valid."""
+
+    code = "bad_manifest"
+
+
+class ServiceNotFound(RequestRefused):
+    """No such service is registered."""
+
+    code = "unknown_service"
+
+
+class ServiceChanged(RequestRefused):
+    """The service's files no longer match the digest they were registered with."""
+
+    code = "service_changed"
+
+
+class InputInvalid(RequestRefused):
+    """The task's input does not match the service's input schema."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str, violations: list[dict[str, str]]) -> None:
+        super().__init__(message, violations=violations)
+        self.violations = violations
+
+
+class IdempotencyConflict(RequestRefused):
+    """The idempotency key was already used for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class TaskNotFound(RequestRefused):
+    """No such task."""
+
+    code = "unknown_task"
+
+
+class TaskFailed(KosSeeError):
+    """The task ended without success."""
+
+    exit_code = EXIT_TASK_FAILED
+    code = "task_failed"
+
+
+class IllegalTransition(KosSeeError):
+    """A task state change that the state machine does not allow; a bug."""
+
+    code = "illegal_transition"
+
+
+class StaleEpoch(KosSeeError):
+    """A write came from a lease that has since been superseded; it was refused."""
+
+    code = "stale_epoch"
+
+
+class StoreError(KosSeeError):
+    """The store could not complete the operation."""
+
+    code = "store_error"

@@ -1,0 +1,143 @@
+"""The manifest: a service folder's ``service.toml``.
+
+Example::
+
+    name = "word-count"
+    version = "1.0.0"
+    description = "Counts words in a text"
+    runner = "local_python"
+    entrypoint = "main.py"          # a script, or "main.py:run" for a function
+    timeout = "60s"
+    retry_limit = 0
+    queue_class = "batch"
+
+    [limits]
+    cpu_seconds = 30
+    memory_mb = 512
+
+    [input_schema]                  # JSON Schema of the task's input
+    type = "object"
+    required = ["text"]
+    properties.text.type = "string"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kos_see.config import Seconds
+from kos_see.errors import ManifestError
+
+MANIFEST_NAME = "service.toml"
+KNOWN_RUNNERS = frozenset({"local_python"})
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+
+
+class Limits(BaseModel):
+    """Per-attempt resource limits, applied as rlimits in the attempt's process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_seconds: int | None = Field(None, ge=1)
+    memory_mb: int | None = Field(None, ge=16)  # address space
+    open_files: int | None = Field(None, ge=16)
+    processes: int | None = Field(None, ge=1)
+    file_size_mb: int | None = Field(None, ge=1)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=VERSION_PATTERN)
+    description: str = ""
+    runner: str | None = None  # None: the engine's execution.default_runner
+    entrypoint: str
+    timeout: Seconds | None = None  # None: execution.worker_timeout
+    retry_limit: int | None = Field(None, ge=0, le=1000)  # None: queue.retry_limit
+    queue_class: Literal["realtime", "batch"] | None = None
+    limits: Limits = Limits()
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_RUNNERS:
+            known = ", ".join(sorted(KNOWN_RUNNERS))
+            raise ValueError(f"unknown runner {value!r}; known runners: {known}")
+        return value
+
+    @field_validator("input_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        return value
+
+    @property
+    def entry_file(self) -> str:
+        return self.entrypoint.partition(":")[0]
+
+    @property
+    def entry_function(self) -> str | None:
+        return self.entrypoint.partition(":")[2] or None
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """Read and check ``folder/service.toml``, including that the entrypoint exists."""
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise ManifestError(f"{folder} is not a folder; a service is a folder")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{folder} has no {MANIFEST_NAME}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path} is not UTF-8 text") from exc
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: {_describe(exc)}") from exc
+    _check_entrypoint(folder, manifest, path)
+    return manifest
+
+
+def _check_entrypoint(folder: Path, manifest: Manifest, path: Path) -> None:
+    entry = (folder / manifest.entry_file).resolve()
+    if not entry.is_relative_to(folder.resolve()):
+        raise ManifestError(
+            f"{path}: entrypoint {manifest.entrypoint!r} points outside the service folder"
+        )
+    if not entry.is_file():
+        raise ManifestError(
+            f"{path}: entrypoint {manifest.entry_file!r} does not exist in {folder}"
+        )
+    function = manifest.entry_function
+    if function is not None and not function.isidentifier():
+        raise ManifestError(
+            f"{path}: entrypoint function {function!r} is not a Python identifier"
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing key {key!r}")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{key}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,106 @@
+"""The first code an attempt's process runs, before the service's own.
+
+It is started as a script (``python -I bootstrap.py SPEC``) or called in a
+forked child (``run(spec)``), so it imports only the standard library until
+the service runs. It binds the process to its worker's life, applies the
+resource limits, then runs the entrypoint: a script as ``__main__``, or a
+function called with the inputs whose return value is the result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import runpy
+import signal
+import sys
+import traceback
+
+PR_SET_PDEATHSIG = 1
+_MIB = 1024 * 1024
+_LIMITS = {
+    "cpu_seconds": (resource.RLIMIT_CPU, 1),
+    "memory_mb": (resource.RLIMIT_AS, _MIB),
+    "open_files": (resource.RLIMIT_NOFILE, 1),
+    "processes": (resource.RLIMIT_NPROC, 1),
+    "file_size_mb": (resource.RLIMIT_FSIZE, _MIB),
+}
+
+
+def bind_to_parent(parent_pid: int) -> None:
+    """Die with the worker: KILL arrives if the parent goes away first."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(137)
+
+
+def apply_limits(limits: dict[str, int | None]) -> None:
+    for key, value in limits.items():
+        if value is None:
+            continue
+        which, scale = _LIMITS[key]
+        amount = value * scale
+        if which == resource.RLIMIT_CPU:
+            # The soft limit sends SIGXCPU; the hard one a second later KILL.
+            resource.setrlimit(which, (amount, amount + 1))
+        else:
+            resource.setrlimit(which, (amount, amount))
+
+
+def emit(record: dict[str, object]) -> None:
+    fd = int(os.environ["KOS_SEE_EVENTS_FD"])
+    data = (json.dumps(record, default=str) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def run(spec: dict[str, object]) -> int:
+    """Run the service described by ``spec``; returns the exit code."""
+    service_dir = str(spec["service_dir"])
+    entry_file = os.path.join(service_dir, str(spec["entry_file"]))
+    function = spec.get("entry_function")
+    sys.path.insert(0, service_dir)
+    sys.argv = [entry_file]
+    try:
+        if function:
+            namespace = runpy.run_path(entry_file, run_name="kos_see_service")
+            with open(os.environ["KOS_SEE_INPUT"], encoding="utf-8") as handle:
+                value = namespace[str(function)](json.load(handle))
+            emit({"type": "result", "value": value})
+        else:
+            runpy.run_path(entry_file, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException as exc:  # the service's error, reported, not ours
+        retryable = bool(getattr(exc, "retryable", True))
+        message = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        emit({"type": "error", "message": message, "retryable": retryable})
+        return 1
+    return 0
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    bind_to_parent(int(spec["parent_pid"]))
+    apply_limits(spec.get("limits") or {})
+    code = run(spec)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Reading what an attempt's process sends: capped output and the event channel.
+
+Neither ever holds more than its cap in memory, and undecodable bytes or
+malformed lines become readable text or a dropped-event count, never an
+exception in the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+MAX_LINE = 4 * 1024 * 1024
+
+
+class CappedOutput:
+    """Keeps the first ``cap`` bytes of a stream and counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.cap - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+
+    def text(self) -> str:
+        out = self.kept.decode("utf-8", errors="replace")
+        if self.total > len(self.kept):
+            out += f"\n[... {self.total - len(self.kept)} more bytes not kept]"
+        return out
+
+
+class EventChannel:
+    """Parses JSON lines from the attempt into events, a result and an error.
+
+    Progress reports between two flushes collapse into the latest one, since a
+    watcher needs only the newest; log lines and partial outputs are all kept
+    up to ``event_cap``.
+    """
+
+    def __init__(self, event_cap: int, result_cap: int) -> None:
+        self.event_cap = event_cap
+        self.result_cap = result_cap
+        self.pending: list[tuple[float, str, dict[str, Any]]] = []
+        self.progress: tuple[float | None, float | None, str | None] | None = None
+        self._progress_event: dict[str, Any] | None = None
+        self.kept = 0
+        self.dropped = 0
+        self.result: str | None = None
+        self.result_too_large = False
+        self.error: dict[str, Any] | None = None
+        self._partial = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        self._partial += data
+        while True:
+            end = self._partial.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._partial[:end])
+            del self._partial[: end + 1]
+            if self._skipping:
+                self._skipping = False
+                continue
+            self._line(line)
+        if len(self._partial) > MAX_LINE:
+            # A line this long is not an event; drop it through its newline.
+            self._partial.clear()
+            self._skipping = True
+            self.dropped += 1
+
+    def finish(self) -> None:
+        if self._partial and not self._skipping:
+            self._line(bytes(self._partial))
+        self._partial.clear()
+
+    def take(self) -> tuple[list[tuple[float, str, dict[str, Any]]], Any]:
+        """Events since the last call, and the newest progress if it changed."""
+        if self._progress_event is not None:
+            self.pending.append((time.time(), "progress", self._progress_event))
+            self._progress_event = None
+        events, self.pending = self.pending, []
+        progress, self.progress = self.progress, None
+        return events, progress
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            record = json.loads(line.decode("utf-8", errors="replace"))
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            self._keep("log", {"level": "warning", "message": "unreadable event line: "
+                               + line[:200].decode("utf-8", errors="replace")})
+            return
+        kind = record.get("type")
+        if kind == "result":
+            self._result(record.get("value"))
+        elif kind == "error":
+            self.error = {"message": str(record.get("message", ""))[:4000],
+                          "retryable": bool(record.get("retryable", False))}
+        elif kind == "progress":
+            self._progress(record)
+        elif kind in ("log", "output"):
+            record.pop("type")
+            self._keep(kind, record)
+        else:
+            self._keep("log", {"level": "warning",
+                               "message": f"unknown event type {kind!r}"})
+
+    def _result(self, value: Any) -> None:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text.encode()) > self.result_cap:
+            self.result_too_large = True
+            self.result = None
+        else:
+            self.result_too_large = False
+            self.result = text
+
+    def _progress(self, record: dict[str, Any]) -> None:
+        done = _number(record.get("done"))
+        total = _number(record.get("total"))
+        message = record.get("message")
+        message = None if message is None else str(message)[:500]
+        self.progress = (done, total, message)
+        self._progress_event = {"done": done, "total": total, "message": message}
+
+    def _keep(self, kind: str, data: dict[str, Any]) -> None:
+        if self.kept >= self.event_cap:
+            self.dropped += 1
+            return
+        self.kept += 1
+        self.pending.append((time.time(), kind, data))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

@@ -1,0 +1,126 @@
+"""The store interface: the engine's source of truth for services, tasks,
+attempts and events. Every backend implements all of it with the same
+meaning; the SQL backend in ``sql.py`` serves SQLite and is written so that a
+PostgreSQL backend changes only how rows are claimed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kos_see.models import (
+    AttemptRecord,
+    AttemptWrite,
+    Event,
+    Lease,
+    NewTask,
+    ServiceRecord,
+    TaskRecord,
+)
+from kos_see.states import TaskState
+
+
+@dataclass(frozen=True)
+class RefusedWrite:
+    """A write the store refused because its lease epoch is no longer current."""
+
+    write: AttemptWrite
+    current_epoch: int | None
+    current_state: TaskState | None
+
+
+@dataclass(frozen=True)
+class Renewal:
+    lost: frozenset[str]  # task ids whose lease this owner no longer holds
+    cancel_requested: frozenset[str]  # held tasks that someone asked to cancel
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    state: TaskState | None = None
+    service: str | None = None
+    tenant: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+class Store(ABC):
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # services
+
+    @abstractmethod
+    def add_service(self, record: ServiceRecord) -> None:
+        """Register a version; the caller has checked it is not yet registered."""
+
+    @abstractmethod
+    def get_service(self, name: str, version: str | None) -> ServiceRecord | None:
+        """One version, or with ``version=None`` the latest registered."""
+
+    @abstractmethod
+    def list_services(self) -> list[ServiceRecord]: ...
+
+    # tasks
+
+    @abstractmethod
+    def create_task(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        """Insert as queued with its events; with an idempotency key already
+        used by the tenant, return that task and False instead."""
+
+    @abstractmethod
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    @abstractmethod
+    def list_tasks(self, where: TaskFilter) -> list[TaskRecord]: ...
+
+    @abstractmethod
+    def cancel_task(self, task_id: str, now: float) -> TaskRecord:
+        """Cancel a waiting task at once; mark a leased or running one so
+        that its worker stops it. Raises TaskNotFound."""
+
+    @abstractmethod
+    def state_counts(self) -> dict[str, int]: ...
+
+    # leases and attempts
+
+    @abstractmethod
+    def lease(
+        self, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[Lease]:
+        """Claim up to ``limit`` ready tasks, best first, each with a new epoch."""
+
+    @abstractmethod
+    def renew(
+        self,
+        owner: str,
+        held: Sequence[tuple[str, int]],
+        now: float,
+        lease_seconds: float,
+    ) -> Renewal:
+        """Extend the leases in ``held`` (task id, epoch) that are still current."""
+
+    @abstractmethod
+    def apply(self, writes: Sequence[AttemptWrite]) -> list[RefusedWrite]:
+        """Apply attempt writes in order in one transaction; writes whose epoch
+        is superseded are refused and returned, the rest still apply."""
+
+    @abstractmethod
+    def rescue(
+        self, now: float, foreign_owners_too: bool = False, owner: str = ""
+    ) -> list[str]:
+        """Return expired leases (or, with ``foreign_owners_too``, every lease
+        not held by ``owner``) to the queue as a new attempt, or to ``dead``
+        when the task has used all its attempts."""
+
+    @abstractmethod
+    def attempts(self, task_id: str) -> list[AttemptRecord]: ...
+
+    # events
+
+    @abstractmethod
+    def events(
+        self, task_id: str, after: int = 0, limit: int = 1000
+    ) -> list[Event]: ...

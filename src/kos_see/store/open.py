@@ -1,0 +1,88 @@
+"""Open a store by URL, bringing its schema up to date.
+
+The embedded SQLite database is migrated on open, since its owner is the
+engine itself. Alembic is imported only when the recorded revision differs
+from the newest one, which keeps the CLI's start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from kos_see.errors import StoreError
+from kos_see.store.base import Store
+from kos_see.store.schema import SCHEMA_REVISION
+from kos_see.store.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def open_store(url: str, migrate: bool = True) -> Store:
+    if url.startswith("sqlite"):
+        engine = _sqlite_engine(url)
+    else:
+        raise StoreError(
+            f"store url {url!r} is not supported; this engine stores in SQLite "
+            "(sqlite:///PATH)"
+        )
+    if migrate:
+        upgrade(engine)
+    return SqlStore(engine)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=8,
+        max_overflow=8,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # The driver must not open transactions by itself: the "begin"
+        # listener below opens them, IMMEDIATE for writers, so that two
+        # writers queue on the busy timeout instead of failing mid-way.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        conn.execution_options(sqlite_begin="DEFERRED")
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(engine: Engine) -> None:
+    if current_revision(engine) == SCHEMA_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    log.info("store migrated", extra={"action": "store_migrated",
+                                      "revision": SCHEMA_REVISION})

@@ -1,0 +1,120 @@
+"""Tables of the store, as SQLAlchemy Core, shared by every SQL backend.
+
+Times are float seconds since the epoch. JSON documents are stored as text,
+so both SQLite and PostgreSQL hold them the same way. The migrations under
+``migrations/`` create exactly these tables; ``SCHEMA_REVISION`` names the
+newest migration, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_REVISION = "0001"
+
+metadata = sa.MetaData()
+
+services = sa.Table(
+    "services",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(80), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("service", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("digest", sa.String(80), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("principal", sa.String(128), nullable=False),
+    sa.Column("queue_class", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("input_digest", sa.String(80), nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),
+    sa.Column("timeout", sa.Float, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_epoch", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("progress_done", sa.Float),
+    sa.Column("progress_total", sa.Float),
+    sa.Column("progress_message", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("error_kind", sa.String(32)),
+    sa.Column("finished_at", sa.Float),
+)
+
+# Leasing reads only queued rows in this order, so the index holds only them:
+# it stays small however many finished rows pile up.
+sa.Index(
+    "ix_tasks_ready",
+    tasks.c.priority.desc(),
+    tasks.c.created_at,
+    sqlite_where=tasks.c.state == "queued",
+    postgresql_where=tasks.c.state == "queued",
+)
+sa.Index(
+    "ix_tasks_idempotency",
+    tasks.c.tenant,
+    tasks.c.idempotency_key,
+    unique=True,
+    sqlite_where=tasks.c.idempotency_key.is_not(None),
+    postgresql_where=tasks.c.idempotency_key.is_not(None),
+)
+sa.Index(
+    "ix_tasks_leased",
+    tasks.c.lease_expires_at,
+    sqlite_where=tasks.c.state.in_(["leased", "running"]),
+    postgresql_where=tasks.c.state.in_(["leased", "running"]),
+)
+sa.Index("ix_tasks_state_created", tasks.c.state, tasks.c.created_at)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("signal", sa.Integer),
+    sa.Column("cpu_seconds", sa.Float),
+    sa.Column("peak_rss_kb", sa.Integer),
+    sa.Column("stdout", sa.Text),
+    sa.Column("stderr", sa.Text),
+    sa.Column("stdout_bytes", sa.Integer),
+    sa.Column("stderr_bytes", sa.Integer),
+    sa.Column("events_dropped", sa.Integer),
+    sa.Column("error", sa.Text),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+sa.Index("ix_events_task", events.c.task_id, events.c.id)

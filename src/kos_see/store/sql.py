@@ -1,0 +1,494 @@
+"""The store on SQLAlchemy Core. SQLite (WAL) is the embedded default.
+
+Every state change and its event row are written in one transaction, and
+every attempt write is fenced: it applies only while the task's lease epoch
+is the one the write presents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+
+from kos_see.errors import TaskNotFound
+from kos_see.models import (
+    AttemptEvents,
+    AttemptFinished,
+    AttemptRecord,
+    AttemptStarted,
+    AttemptWrite,
+    Event,
+    Lease,
+    NewTask,
+    ServiceRecord,
+    TaskRecord,
+)
+from kos_see.states import TERMINAL, TaskState, check_transition
+from kos_see.store.base import RefusedWrite, Renewal, Store, TaskFilter
+from kos_see.store.schema import attempts, events, services, tasks
+
+log = logging.getLogger(__name__)
+
+_HELD = (TaskState.LEASED.value, TaskState.RUNNING.value)
+_WAITING = (TaskState.RECEIVED.value, TaskState.QUEUED.value)
+
+
+class SqlStore(Store):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="DEFERRED")
+            yield conn
+
+    # services
+
+    def add_service(self, record: ServiceRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                services.insert().values(
+                    name=record.name,
+                    version=record.version,
+                    digest=record.digest,
+                    path=record.path,
+                    manifest=json.dumps(record.manifest),
+                    registered_at=record.registered_at,
+                )
+            )
+
+    def get_service(self, name: str, version: str | None) -> ServiceRecord | None:
+        query = sa.select(services).where(services.c.name == name)
+        if version is None:
+            query = query.order_by(services.c.registered_at.desc()).limit(1)
+        else:
+            query = query.where(services.c.version == version)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _service(row)
+
+    def list_services(self) -> list[ServiceRecord]:
+        query = sa.select(services).order_by(services.c.name, services.c.registered_at)
+        with self._read() as conn:
+            return [_service(row) for row in conn.execute(query)]
+
+    # tasks
+
+    def create_task(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        with self._write() as conn:
+            if task.idempotency_key is not None:
+                existing = conn.execute(
+                    sa.select(tasks).where(
+                        tasks.c.tenant == task.tenant,
+                        tasks.c.idempotency_key == task.idempotency_key,
+                    )
+                ).first()
+                if existing is not None:
+                    return _task(existing), False
+            values = _new_task_values(task)
+            conn.execute(tasks.insert().values(**values))
+            conn.execute(
+                events.insert(),
+                [
+                    _state_event(task.id, 0, task.created_at, "received", None),
+                    _state_event(task.id, 0, task.created_at, "queued", "received"),
+                ],
+            )
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task.id)).one()
+        return _task(row), True
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+        return None if row is None else _task(row)
+
+    def list_tasks(self, where: TaskFilter) -> list[TaskRecord]:
+        query = sa.select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+        if where.state is not None:
+            query = query.where(tasks.c.state == where.state.value)
+        if where.service is not None:
+            query = query.where(tasks.c.service == where.service)
+        if where.tenant is not None:
+            query = query.where(tasks.c.tenant == where.tenant)
+        query = query.limit(where.limit).offset(where.offset)
+        with self._read() as conn:
+            return [_task(row) for row in conn.execute(query)]
+
+    def cancel_task(self, task_id: str, now: float) -> TaskRecord:
+        with self._write() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            if row is None:
+                raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
+            state = TaskState(row.state)
+            if state.value in _WAITING:
+                self._transition(conn, row, TaskState.CANCELLED, now, "cancelled")
+            elif state.value in _HELD:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id == task_id)
+                    .values(cancel_requested=True, updated_at=now)
+                )
+            updated = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
+        return _task(updated)
+
+    def _transition(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        target: TaskState,
+        now: float,
+        reason: str,
+    ) -> None:
+        source = TaskState(row.state)
+        check_transition(source, target)
+        values: dict[str, Any] = {"state": target.value, "updated_at": now}
+        if target in TERMINAL:
+            values["finished_at"] = now
+            values["error"] = reason if target != TaskState.SUCCEEDED else None
+            values["error_kind"] = target.value
+        conn.execute(tasks.update().where(tasks.c.id == row.id).values(**values))
+        conn.execute(
+            events.insert().values(
+                _state_event(row.id, row.attempts, now, target.value, source.value, reason)
+            )
+        )
+
+    def state_counts(self) -> dict[str, int]:
+        query = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        with self._read() as conn:
+            return {state: count for state, count in conn.execute(query)}
+
+    # leases
+
+    def lease(
+        self, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[Lease]:
+        if limit <= 0:
+            return []
+        ready = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.state == TaskState.QUEUED.value, tasks.c.not_before <= now)
+            .order_by(tasks.c.priority.desc(), tasks.c.created_at)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        expires = now + lease_seconds
+        claim = (
+            tasks.update()
+            .where(tasks.c.id.in_(ready), tasks.c.state == TaskState.QUEUED.value)
+            .values(
+                state=TaskState.LEASED.value,
+                lease_owner=owner,
+                lease_epoch=tasks.c.lease_epoch + 1,
+                lease_expires_at=expires,
+                attempts=tasks.c.attempts + 1,
+                cancel_requested=False,
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        with self._write() as conn:
+            rows = [_task(row) for row in conn.execute(claim)]
+            if rows:
+                conn.execute(
+                    events.insert(),
+                    [
+                        _state_event(t.id, t.attempts, now, "leased", "queued", owner)
+                        for t in rows
+                    ],
+                )
+        rows.sort(key=lambda t: (-t.priority, t.created_at))
+        return [
+            Lease(task=t, epoch=t.lease_epoch, attempt=t.attempts, owner=owner,
+                  expires_at=expires)
+            for t in rows
+        ]
+
+    def renew(
+        self,
+        owner: str,
+        held: Sequence[tuple[str, int]],
+        now: float,
+        lease_seconds: float,
+    ) -> Renewal:
+        if not held:
+            return Renewal(frozenset(), frozenset())
+        wanted = dict(held)
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(
+                    tasks.c.id, tasks.c.lease_epoch, tasks.c.lease_owner,
+                    tasks.c.state, tasks.c.cancel_requested,
+                ).where(tasks.c.id.in_(list(wanted)))
+            ).all()
+            current = [
+                r for r in rows
+                if r.lease_epoch == wanted[r.id] and r.lease_owner == owner
+                and r.state in _HELD
+            ]
+            if current:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_([r.id for r in current]))
+                    .values(lease_expires_at=now + lease_seconds)
+                )
+        kept = {r.id for r in current}
+        return Renewal(
+            lost=frozenset(set(wanted) - kept),
+            cancel_requested=frozenset(r.id for r in current if r.cancel_requested),
+        )
+
+    def apply(self, writes: Sequence[AttemptWrite]) -> list[RefusedWrite]:
+        if not writes:
+            return []
+        refused: list[RefusedWrite] = []
+        with self._write() as conn:
+            ids = list({w.task_id for w in writes})
+            state = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(tasks.c.id, tasks.c.state, tasks.c.lease_epoch,
+                              tasks.c.attempts)
+                    .where(tasks.c.id.in_(ids))
+                )
+            }
+            current = {i: (TaskState(r.state), r.lease_epoch) for i, r in state.items()}
+            event_rows: list[dict[str, Any]] = []
+            for write in writes:
+                now_state, epoch = current.get(write.task_id, (None, None))
+                if epoch != write.epoch or now_state is None or now_state.value not in _HELD:
+                    refused.append(RefusedWrite(write, epoch, now_state))
+                    log.warning(
+                        "stale attempt write refused",
+                        extra={"action": "write_refused", "task_id": write.task_id,
+                               "write_epoch": write.epoch, "current_epoch": epoch,
+                               "state": now_state.value if now_state else None},
+                    )
+                    continue
+                new_state = self._apply_one(conn, write, now_state, event_rows)
+                current[write.task_id] = (new_state, epoch)
+            if event_rows:
+                conn.execute(events.insert(), event_rows)
+        return refused
+
+    def _apply_one(
+        self,
+        conn: Connection,
+        write: AttemptWrite,
+        state: TaskState,
+        event_rows: list[dict[str, Any]],
+    ) -> TaskState:
+        if isinstance(write, AttemptStarted):
+            check_transition(state, TaskState.RUNNING)
+            conn.execute(
+                tasks.update().where(tasks.c.id == write.task_id)
+                .values(state=TaskState.RUNNING.value, updated_at=write.at)
+            )
+            conn.execute(
+                attempts.insert().values(
+                    task_id=write.task_id, number=write.attempt, epoch=write.epoch,
+                    worker=write.worker, started_at=write.at, pid=write.pid,
+                )
+            )
+            event_rows.append(
+                _state_event(write.task_id, write.attempt, write.at, "running",
+                             state.value, f"pid {write.pid}")
+            )
+            return TaskState.RUNNING
+        if isinstance(write, AttemptEvents):
+            if write.progress is not None:
+                done, total, message = write.progress
+                conn.execute(
+                    tasks.update().where(tasks.c.id == write.task_id).values(
+                        progress_done=done, progress_total=total,
+                        progress_message=message,
+                    )
+                )
+            event_rows.extend(
+                {"task_id": write.task_id, "attempt": write.attempt, "at": at,
+                 "kind": kind, "data": json.dumps(data)}
+                for at, kind, data in write.events
+            )
+            return state
+        return self._finish(conn, write, state, event_rows)
+
+    def _finish(
+        self,
+        conn: Connection,
+        write: AttemptFinished,
+        state: TaskState,
+        event_rows: list[dict[str, Any]],
+    ) -> TaskState:
+        target = write.next_state
+        check_transition(state, target)
+        terminal = target in TERMINAL
+        values: dict[str, Any] = {
+            "state": target.value,
+            "updated_at": write.at,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "error": write.error,
+            "error_kind": write.error_kind,
+        }
+        if write.result is not None:
+            values["result"] = write.result
+        if terminal:
+            values["finished_at"] = write.at
+        if write.not_before is not None:
+            values["not_before"] = write.not_before
+        if write.outcome == "released":
+            # Not the task's fault: the attempt it was given back does not count.
+            values["attempts"] = tasks.c.attempts - 1
+        conn.execute(tasks.update().where(tasks.c.id == write.task_id).values(**values))
+        attempt_values = {
+            "ended_at": write.at, "outcome": write.outcome,
+            "exit_code": write.exit_code, "signal": write.signal,
+            "cpu_seconds": write.cpu_seconds, "peak_rss_kb": write.peak_rss_kb,
+            "stdout": write.stdout, "stderr": write.stderr,
+            "stdout_bytes": write.stdout_bytes, "stderr_bytes": write.stderr_bytes,
+            "events_dropped": write.events_dropped, "error": write.error,
+        }
+        updated = conn.execute(
+            attempts.update()
+            .where(attempts.c.task_id == write.task_id,
+                   attempts.c.number == write.attempt)
+            .values(**attempt_values)
+        )
+        if updated.rowcount == 0:
+            # The attempt never started (its process could not be launched).
+            conn.execute(attempts.insert().values(
+                task_id=write.task_id, number=write.attempt, epoch=write.epoch,
+                worker="", started_at=write.at, **attempt_values,
+            ))
+        event_rows.append(
+            _state_event(write.task_id, write.attempt, write.at, target.value,
+                         state.value, write.error, outcome=write.outcome,
+                         not_before=write.not_before)
+        )
+        return target
+
+    def rescue(
+        self, now: float, foreign_owners_too: bool = False, owner: str = ""
+    ) -> list[str]:
+        held = tasks.c.state.in_(_HELD)
+        expired = tasks.c.lease_expires_at < now
+        if foreign_owners_too:
+            expired = sa.or_(expired, tasks.c.lease_owner != owner)
+        rescued: list[str] = []
+        with self._write() as conn:
+            rows = conn.execute(sa.select(tasks).where(held, expired)).all()
+            for row in rows:
+                rescued.append(row.id)
+                self._rescue_one(conn, row, now)
+        if rescued:
+            log.warning("expired leases rescued",
+                        extra={"action": "leases_rescued", "count": len(rescued)})
+        return rescued
+
+    def _rescue_one(self, conn: Connection, row: Row[Any], now: float) -> None:
+        if row.cancel_requested:
+            target, reason = TaskState.CANCELLED, "cancelled; its worker was lost"
+        elif row.attempts >= row.max_attempts:
+            target = TaskState.DEAD
+            reason = f"worker lost; all {row.max_attempts} attempts used"
+        else:
+            target, reason = TaskState.QUEUED, f"worker {row.lease_owner} lost"
+        check_transition(TaskState(row.state), target)
+        values: dict[str, Any] = {
+            "state": target.value, "updated_at": now, "lease_owner": None,
+            "lease_expires_at": None, "lease_epoch": row.lease_epoch + 1,
+        }
+        if target in TERMINAL:
+            values.update(finished_at=now, error=reason, error_kind="lost")
+        conn.execute(tasks.update().where(tasks.c.id == row.id).values(**values))
+        conn.execute(
+            attempts.update()
+            .where(attempts.c.task_id == row.id, attempts.c.number == row.attempts,
+                   attempts.c.ended_at.is_(None))
+            .values(ended_at=now, outcome="lost", error=reason)
+        )
+        conn.execute(events.insert().values(
+            _state_event(row.id, row.attempts, now, target.value, row.state, reason,
+                         outcome="lost")
+        ))
+
+    def attempts(self, task_id: str) -> list[AttemptRecord]:
+        query = (
+            sa.select(attempts).where(attempts.c.task_id == task_id)
+            .order_by(attempts.c.number)
+        )
+        with self._read() as conn:
+            return [AttemptRecord(**row._mapping) for row in conn.execute(query)]
+
+    def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        query = (
+            sa.select(events)
+            .where(events.c.task_id == task_id, events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [
+                Event(id=r.id, task_id=r.task_id, attempt=r.attempt, at=r.at,
+                      kind=r.kind, data=json.loads(r.data))
+                for r in conn.execute(query)
+            ]
+
+
+def _new_task_values(task: NewTask) -> dict[str, Any]:
+    return {
+        **task.__dict__,
+        "state": TaskState.QUEUED.value,
+        "updated_at": task.created_at,
+        "attempts": 0,
+        "lease_epoch": 0,
+        "cancel_requested": False,
+    }
+
+
+def _state_event(
+    task_id: str,
+    attempt: int,
+    at: float,
+    state: str,
+    source: str | None,
+    reason: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"state": state}
+    if source is not None:
+        data["from"] = source
+    if reason:
+        data["reason"] = reason
+    data.update({k: v for k, v in extra.items() if v is not None})
+    return {"task_id": task_id, "attempt": attempt, "at": at, "kind": "state",
+            "data": json.dumps(data)}
+
+
+def _service(row: Row[Any]) -> ServiceRecord:
+    return ServiceRecord(
+        name=row.name, version=row.version, digest=row.digest, path=row.path,
+        manifest=json.loads(row.manifest), registered_at=row.registered_at,
+    )
+
+
+def _task(row: Row[Any]) -> TaskRecord:
+    values = dict(row._mapping)
+    values["state"] = TaskState(values["state"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return TaskRecord(**values)
