@@ -106,7 +106,7 @@ class Dispatcher:
         log.info(
             "task submitted" if created else "task found by idempotency key",
             extra={"action": "task_submitted", "task_id": task.id,
-                   "service": record.ref, "tenant": task.tenant, "created": created},
+                   "service": record.ref, "tenant": task.tenant, "new_task": created},
         )
         return Submitted(task=task, created=created)
 

@@ -108,6 +108,10 @@ class Store(ABC):
         is superseded are refused and returned, the rest still apply."""
 
     @abstractmethod
+    def next_ready_at(self) -> float | None:
+        """The earliest not-before time of any queued task."""
+
+    @abstractmethod
     def rescue(
         self, now: float, foreign_owners_too: bool = False, owner: str = ""
     ) -> list[str]:

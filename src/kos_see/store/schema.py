@@ -82,6 +82,12 @@ sa.Index(
     sqlite_where=tasks.c.state.in_(["leased", "running"]),
     postgresql_where=tasks.c.state.in_(["leased", "running"]),
 )
+sa.Index(
+    "ix_tasks_due",
+    tasks.c.not_before,
+    sqlite_where=tasks.c.state == "queued",
+    postgresql_where=tasks.c.state == "queued",
+)
 sa.Index("ix_tasks_state_created", tasks.c.state, tasks.c.created_at)
 
 attempts = sa.Table(

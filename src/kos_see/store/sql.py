@@ -352,8 +352,9 @@ class SqlStore(Store):
         if write.not_before is not None:
             values["not_before"] = write.not_before
         if write.outcome == "released":
-            # Not the task's fault: the attempt it was given back does not count.
-            values["attempts"] = tasks.c.attempts - 1
+            # Not the task's fault: the attempt it was given back does not count
+            # against its budget (attempt numbers still only grow).
+            values["max_attempts"] = tasks.c.max_attempts + 1
         conn.execute(tasks.update().where(tasks.c.id == write.task_id).values(**values))
         attempt_values = {
             "ended_at": write.at, "outcome": write.outcome,
@@ -381,6 +382,13 @@ class SqlStore(Store):
                          not_before=write.not_before)
         )
         return target
+
+    def next_ready_at(self) -> float | None:
+        query = sa.select(sa.func.min(tasks.c.not_before)).where(
+            tasks.c.state == TaskState.QUEUED.value
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar()
 
     def rescue(
         self, now: float, foreign_owners_too: bool = False, owner: str = ""

@@ -71,6 +71,10 @@ def upgrade() -> None:
         "ix_tasks_leased", "tasks", ["lease_expires_at"],
         sqlite_where=_held, postgresql_where=_held,
     )
+    op.create_index(
+        "ix_tasks_due", "tasks", ["not_before"],
+        sqlite_where=_queued, postgresql_where=_queued,
+    )
     op.create_index("ix_tasks_state_created", "tasks", ["state", "created_at"])
     op.create_table(
         "attempts",

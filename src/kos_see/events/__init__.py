@@ -1,0 +1,1 @@
+"""Events: how what happens to a task reaches those who watch it."""

@@ -1,0 +1,369 @@
+"""The worker pool: one control thread that talks to the store, and one
+thread per slot that drives a runner through an attempt.
+
+Only the control thread writes to the store. Slots hand it their writes
+(attempt started, events, attempt finished); it applies whatever has piled
+up in one transaction, so that under load many tasks share a commit. Each
+write carries its lease epoch, and the store refuses those from a lease that
+has since been superseded.
+
+On shutdown the pool stops leasing, gives running attempts a grace period,
+then stops them and returns their tasks to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kos_see.config import EngineConfig
+from kos_see.errors import KosSeeError, ServiceChanged
+from kos_see.models import (
+    AttemptEvents,
+    AttemptFinished,
+    AttemptStarted,
+    AttemptWrite,
+    Lease,
+    ServiceRecord,
+)
+from kos_see.queue.retry import RetryPolicy, next_state
+from kos_see.registry import Manifest, Registry
+from kos_see.runners.base import AttemptControl, AttemptOutcome, AttemptSpec, Runner
+from kos_see.states import TaskState
+from kos_see.store import Store
+from kos_see.worker.reaper import OrphanSweeper, become_subreaper
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0
+IDLE_WAIT = 5.0
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+@dataclass
+class _Running:
+    lease: Lease
+    control: AttemptControl
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        config: EngineConfig,
+        runner: Runner,
+        workdir_root: Path,
+        owner: str | None = None,
+        exclusive: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.runner = runner
+        self.workdir_root = workdir_root
+        self.owner = owner or new_owner_id()
+        # Exclusive: this pool is the only one serving its store, so any lease
+        # held by another owner was left by a process that is gone.
+        self.exclusive = exclusive
+        self.rng = rng or random.Random()
+        execution = config.execution
+        self.slots = execution.max_concurrent_tasks
+        self.retry = RetryPolicy(config.queue.retry_backoff, config.queue.retry_base,
+                                 config.queue.retry_cap)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._writes: list[AttemptWrite] = []
+        self._running: dict[str, _Running] = {}
+        self._inbox: queue.SimpleQueue[Lease | None] = queue.SimpleQueue()
+        self._idle = self.slots
+        self._stopping = False
+        self._cancel_check = False
+        self._threads: list[threading.Thread] = []
+        self._control_thread: threading.Thread | None = None
+        self._flushed = threading.Condition()
+        self._flush_listeners: list[Callable[[list[AttemptWrite]], None]] = []
+        self._sweeper = OrphanSweeper() if become_subreaper() else None
+
+    # lifecycle
+
+    def start(self) -> None:
+        now = time.time()
+        rescued = self.store.rescue(now, foreign_owners_too=self.exclusive,
+                                    owner=self.owner)
+        if rescued:
+            log.info("tasks left by a stopped engine returned to the queue",
+                     extra={"action": "startup_rescue", "count": len(rescued)})
+        for number in range(self.slots):
+            thread = threading.Thread(target=self._slot_loop, name=f"slot-{number}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._control_thread = threading.Thread(target=self._control_loop,
+                                                name="pool-control", daemon=True)
+        self._control_thread.start()
+        log.info("worker pool started", extra={
+            "action": "pool_started", "owner": self.owner, "slots": self.slots})
+
+    def wake(self, reason: str = "submit") -> None:
+        if reason == "cancel":
+            self._cancel_check = True
+        self._wake.set()
+
+    def add_flush_listener(self, listener: Callable[[list[AttemptWrite]], None]) -> None:
+        self._flush_listeners.append(listener)
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop leasing; let running attempts finish within ``grace``; stop
+        the rest and return their tasks to the queue."""
+        grace = self.config.execution.shutdown_grace if grace is None else grace
+        self._stopping = True
+        self._wake.set()
+        deadline = time.monotonic() + grace
+        while self.running_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            still = list(self._running.values())
+        for running in still:
+            running.control.stop("released")
+        if still:
+            log.info("running attempts stopped for shutdown", extra={
+                "action": "attempts_released", "count": len(still)})
+        limit = time.monotonic() + self.config.execution.kill_grace + 5
+        while self.running_count() and time.monotonic() < limit:
+            time.sleep(0.05)
+        for _ in self._threads:
+            self._inbox.put(None)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._wake.set()
+        if self._control_thread is not None:
+            self._control_thread.join(timeout=5)
+        self._flush()
+        log.info("worker pool stopped", extra={"action": "pool_stopped",
+                                               "owner": self.owner})
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # control thread
+
+    def _control_loop(self) -> None:
+        execution = self.config.execution
+        next_renew = time.monotonic() + execution.heartbeat_seconds
+        next_rescue = time.monotonic() + execution.lease_seconds / 2
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        idle_until = time.monotonic()
+        while True:
+            now_m = time.monotonic()
+            wait = min(next_renew, next_rescue, next_sweep, idle_until) - now_m
+            self._wake.wait(max(0.0, wait))
+            self._wake.clear()
+            try:
+                self._flush()
+                if self._stopping:
+                    if not self._threads or not any(t.is_alive() for t in self._threads):
+                        return
+                    continue
+                now_m = time.monotonic()
+                if self._cancel_check or now_m >= next_renew:
+                    self._cancel_check = False
+                    self._renew()
+                    next_renew = now_m + execution.heartbeat_seconds
+                if now_m >= next_rescue:
+                    self.store.rescue(time.time())
+                    next_rescue = now_m + execution.lease_seconds / 2
+                if self._sweeper is not None and now_m >= next_sweep:
+                    self._sweep()
+                    next_sweep = now_m + SWEEP_INTERVAL
+                idle_until = self._lease_more()
+            except Exception:
+                # The store may be briefly unavailable; nothing is lost, since
+                # unflushed writes stay queued and leases are retried.
+                log.exception("worker pool control step failed",
+                              extra={"action": "control_error"})
+                idle_until = time.monotonic() + 1.0
+
+    def _lease_more(self) -> float:
+        """Lease for the idle slots; returns when to look again if no wake-up comes."""
+        with self._lock:
+            free = self._idle
+        if free <= 0:
+            return time.monotonic() + IDLE_WAIT
+        now = time.time()
+        leases = self.store.lease(self.owner, free, now,
+                                  self.config.execution.lease_seconds)
+        for lease in leases:
+            with self._lock:
+                self._idle -= 1
+                self._running[lease.task_id] = _Running(lease, AttemptControl())
+            self._inbox.put(lease)
+        if len(leases) == free:
+            return time.monotonic() + IDLE_WAIT
+        due = self.store.next_ready_at()
+        if due is None:
+            return time.monotonic() + IDLE_WAIT
+        return time.monotonic() + min(IDLE_WAIT, max(0.0, due - time.time()) + 0.001)
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = [(tid, r.lease.epoch) for tid, r in self._running.items()]
+        if not held:
+            return
+        renewal = self.store.renew(self.owner, held, time.time(),
+                                   self.config.execution.lease_seconds)
+        with self._lock:
+            for task_id in renewal.lost:
+                if task_id in self._running:
+                    log.warning("lease lost; stopping its attempt", extra={
+                        "action": "lease_lost", "task_id": task_id})
+                    self._running[task_id].control.stop("lost")
+            for task_id in renewal.cancel_requested:
+                if task_id in self._running:
+                    self._running[task_id].control.stop("cancelled")
+
+    def _sweep(self) -> None:
+        with self._lock:
+            active = set(self._running)
+        assert self._sweeper is not None
+        self._sweeper.sweep(active)
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._writes = self._writes, []
+        if not batch:
+            return
+        try:
+            self.store.apply(batch)
+        except KosSeeError:
+            # One write is a bug (an illegal transition); apply the others alone.
+            log.exception("attempt write batch refused; applying one by one",
+                          extra={"action": "batch_refused", "size": len(batch)})
+            for write in batch:
+                try:
+                    self.store.apply([write])
+                except KosSeeError:
+                    log.exception("attempt write dropped", extra={
+                        "action": "write_dropped", "task_id": write.task_id})
+        except Exception:
+            with self._lock:
+                self._writes[:0] = batch
+            raise
+        for listener in self._flush_listeners:
+            listener(batch)
+
+    def _write(self, write: AttemptWrite) -> None:
+        with self._lock:
+            self._writes.append(write)
+        self._wake.set()
+
+    # slot threads
+
+    def _slot_loop(self) -> None:
+        while True:
+            lease = self._inbox.get()
+            if lease is None:
+                return
+            with self._lock:
+                running = self._running[lease.task_id]
+            try:
+                finished = self._attempt(lease, running.control)
+            except Exception as exc:
+                log.exception("attempt failed inside the engine", extra={
+                    "action": "attempt_engine_error", "task_id": lease.task_id})
+                finished = self._finished(lease, AttemptOutcome(
+                    status="failed", retryable=True, error_kind="engine",
+                    error=f"the engine failed while running the attempt: {exc!r}"))
+            self._write(finished)
+            with self._lock:
+                del self._running[lease.task_id]
+                self._idle += 1
+            running.control.close()
+
+    def _attempt(self, lease: Lease, control: AttemptControl) -> AttemptFinished:
+        task = lease.task
+        if control.reason is not None:
+            return self._finished(lease, AttemptOutcome(
+                status=control.reason, error_kind=control.reason,
+                error=f"{control.reason} before its process started"))
+        try:
+            service, manifest = self._service(task.service, task.version)
+        except ServiceChanged as exc:
+            return self._finished(lease, AttemptOutcome(
+                status="failed", retryable=False, error_kind="service_changed",
+                error=exc.message))
+        spec = self._spec(lease, service.path, manifest)
+
+        def started(pid: int, at: float) -> None:
+            self._write(AttemptStarted(task.id, lease.epoch, lease.attempt,
+                                       self.owner, pid, at))
+
+        def events(batch, progress) -> None:  # type: ignore[no-untyped-def]
+            self._write(AttemptEvents(task.id, lease.epoch, lease.attempt, batch,
+                                      progress))
+
+        outcome = self.runner.run(spec, control, started, events)
+        log.info("attempt ended", extra={
+            "action": "attempt_ended", "task_id": task.id, "attempt": lease.attempt,
+            "service": task.service, "tenant": task.tenant, "status": outcome.status,
+            "exit_code": outcome.exit_code, "cpu_seconds": outcome.cpu_seconds})
+        return self._finished(lease, outcome)
+
+    def _service(self, name: str, version: str) -> tuple[ServiceRecord, Manifest]:
+        return self.registry.resolve(f"{name}@{version}")
+
+    def _spec(self, lease: Lease, service_path: str, manifest: Manifest) -> AttemptSpec:
+        execution = self.config.execution
+        security = self.config.security
+        task = lease.task
+        env = {k: os.environ[k] for k in security.env_allowlist if k in os.environ}
+        return AttemptSpec(
+            task_id=task.id,
+            attempt=lease.attempt,
+            service_dir=Path(service_path),
+            entrypoint=manifest.entrypoint,
+            input_text=task.input,
+            timeout=task.timeout,
+            limits=manifest.limits,
+            workdir=self.workdir_root / f"{task.id}-{lease.attempt}",
+            env=env,
+            isolate=security.task_isolation,
+            kill_grace=execution.kill_grace,
+            output_cap=execution.output_cap_bytes,
+            event_cap=execution.event_cap,
+            result_cap=execution.result_cap_bytes,
+            keep_workdir=execution.keep_workdirs,
+        )
+
+    def _finished(self, lease: Lease, outcome: AttemptOutcome) -> AttemptFinished:
+        now = time.time()
+        state, not_before = next_state(
+            outcome.status, outcome.retryable, lease.attempt, lease.task.max_attempts,
+            self.retry, now, self.rng,
+        )
+        error = outcome.error
+        if state == TaskState.DEAD:
+            error = f"{error} (all {lease.task.max_attempts} attempts used)"
+        return AttemptFinished(
+            task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, at=now,
+            outcome=outcome.status, next_state=state, not_before=not_before,
+            result=outcome.result, error=error, error_kind=outcome.error_kind,
+            exit_code=outcome.exit_code, signal=outcome.signal,
+            cpu_seconds=outcome.cpu_seconds, peak_rss_kb=outcome.peak_rss_kb,
+            stdout=outcome.stdout, stderr=outcome.stderr,
+            stdout_bytes=outcome.stdout_bytes, stderr_bytes=outcome.stderr_bytes,
+            events_dropped=outcome.events_dropped,
+        )

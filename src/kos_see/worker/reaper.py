@@ -1,0 +1,114 @@
+"""Finding processes that escaped their attempt's process group.
+
+A service may start a grandchild that leaves its group (``setsid``) and
+outlives the attempt. The serving process declares itself a child subreaper,
+so such orphans are re-parented to it rather than to init; a sweep then finds
+its children that carry an attempt's ``KOS_SEE_TASK_ID`` but belong to no
+running attempt, kills them and reaps them. A process that also scrubbed its
+environment before escaping is not recognised; cgroups close that gap where
+the host offers them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Collection
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+_MARK = b"KOS_SEE_TASK_ID="
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class OrphanSweeper:
+    """Kills and reaps our children that belong to no running attempt.
+
+    A zombie child has no environment left to read, and it may be an
+    attempt's leader that its runner is about to reap; it is reaped here only
+    when it was already a zombie at the previous sweep, which a leader never
+    is for that long.
+    """
+
+    def __init__(self) -> None:
+        self._zombies: set[int] = set()
+
+    def sweep(self, active_tasks: Collection[str]) -> int:
+        me = os.getpid()
+        found = 0
+        zombies: set[int] = set()
+        for pid in _children(me):
+            task_id = _task_of(pid)
+            if task_id is None:
+                if _is_zombie(pid):
+                    zombies.add(pid)
+                    if pid in self._zombies:
+                        found += self._reap(pid, "(exited)")
+                continue
+            if task_id not in active_tasks:
+                found += self._kill(pid, task_id)
+        self._zombies = zombies
+        return found
+
+    def _kill(self, pid: int, task_id: str) -> int:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return self._reap(pid, task_id)
+
+    def _reap(self, pid: int, task_id: str) -> int:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        log.warning("escaped process of an ended attempt killed",
+                    extra={"action": "orphan_killed", "pid": pid, "task_id": task_id})
+        return 1
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if len(fields) > 1 and int(fields[1]) == parent:
+            out.append(int(entry.name))
+    return out
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return []
+    # The command name may hold spaces or parentheses; fields follow the last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] == b"Z"
+
+
+def _task_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    for item in environ.split(b"\0"):
+        if item.startswith(_MARK):
+            return item[len(_MARK) :].decode(errors="replace")
+    return None
