@@ -1,0 +1,1 @@
+"""The ``kos-see`` command line (Typer and Rich)."""

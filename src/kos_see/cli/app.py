@@ -1,0 +1,125 @@
+"""Entry point of ``kos-see``: the root command, its options, and error handling.
+
+Every failure the engine raises on purpose ends the process with the exit
+code its class names (see ``kos_see.errors``): 2 bad usage, 3 refused
+request, 4 failed task, 5 task not finished yet; 1 means the engine itself
+failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kos_see.cli import services, serve, tasks
+from kos_see.cli.context import CliContext
+from kos_see.cli.output import console, emit_json, errors
+from kos_see.config import load_config
+from kos_see.errors import EXIT_ENGINE, EXIT_USAGE, KosSeeError
+
+app = typer.Typer(
+    name="kos-see",
+    help="kOS Service Execution Engine: run registered services isolated, "
+    "queued and recorded.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(services.app, name="services")
+serve.register(app)
+tasks.register(app)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="KOS_SEE_HOME",
+        help="The engine's home folder (config and embedded store). "
+        "Default: $KOS_SEE_HOME, else ~/.kos-see.",
+        show_envvar=False,
+    ),
+]
+
+
+@app.callback()
+def root(ctx: typer.Context, home: HomeOption = None) -> None:
+    ctx.obj = CliContext(home)
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create the engine's home with a commented config and an empty store."""
+    context: CliContext = ctx.obj
+    created = context.home.init()
+    engine = context.engine()
+    engine.close()
+    if as_json:
+        emit_json({"home": str(context.home.root), "created": created})
+        return
+    verb = "created" if created else "already exists:"
+    console.print(f"home {verb} {context.home.root}")
+    console.print(f"config: {context.home.config_path}")
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective configuration: file, environment and defaults merged."""
+    context: CliContext = ctx.obj
+    path = context.home.config_path
+    config = load_config(path if path.exists() else None)
+    document = config.model_dump(mode="json")
+    if as_json:
+        emit_json(document)
+        return
+    console.print(f"# effective configuration for {context.home.root}")
+    for section, values in document.items():
+        console.print(f"\n[bold][{section}][/bold]", highlight=False)
+        for key, value in values.items():
+            console.print(f"{key} = {json.dumps(value)}", highlight=False, markup=False)
+
+
+def main() -> None:
+    wants_json = "--json" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except KosSeeError as exc:
+        _report(exc.to_dict(), exc.message, wants_json)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        errors.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:
+        # Typer's own usage errors (unknown option, missing argument, ...).
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            errors.print(f"[red]error:[/red] {exc.format_message()}", highlight=False)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the engine's own bug: say so, with the cause
+        _report({"error": "engine_error", "message": repr(exc)},
+                f"internal error: {exc!r}", wants_json)
+        sys.exit(EXIT_ENGINE)
+
+
+def _report(document: dict[str, object], message: str, wants_json: bool) -> None:
+    if wants_json:
+        emit_json(document)
+    else:
+        errors.print(f"[red]error:[/red] {message}", highlight=False)

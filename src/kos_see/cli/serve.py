@@ -1,0 +1,69 @@
+"""``kos-see serve``: the dispatcher's wake-ups and a worker pool, in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from kos_see.cli.context import CliContext
+from kos_see.cli.output import errors
+from kos_see.config import validate_config
+from kos_see.engine import Engine
+from kos_see.logs import configure
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def serve(
+    ctx: typer.Context,
+    slots: Annotated[
+        int | None,
+        typer.Option("--slots", min=1, help="Override execution.max_concurrent_tasks."),
+    ] = None,
+) -> None:
+    """Run the engine on this home until SIGINT or SIGTERM.
+
+    On either signal, leasing stops, running attempts get execution.shutdown_grace
+    to finish, and the rest are stopped and go back to the queue; a later
+    'serve' runs them.
+    """
+    context: CliContext = ctx.obj
+    home = context.home.require()
+    config = home.load_config()
+    if slots is not None:
+        data = config.model_dump()
+        data["execution"]["max_concurrent_tasks"] = slots
+        config = validate_config(data)
+    configure(config.logging.level, config.logging.format)
+    engine = Engine.open(home, config)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        engine.serve()
+        errors.print(
+            f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
+            "(Ctrl-C stops gracefully)", highlight=False,
+        )
+        while not stop.wait(1.0):
+            pass
+        name = signal.Signals(received[0]).name if received else "stop"
+        errors.print(f"{name}: stopping; running attempts get "
+                     f"{config.execution.shutdown_grace:g}s", highlight=False)
+        # A second signal during the grace period should not kill us mid-write.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finally:
+        engine.close()
+    errors.print("stopped", highlight=False)

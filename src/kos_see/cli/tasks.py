@@ -1,0 +1,319 @@
+"""Task commands: submit, watch, status, list, logs, result, cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from kos_see.cli.context import CliContext
+from kos_see.cli.output import console, duration, emit_json, errors, state_text, when
+from kos_see.cli.watch import watch_tasks
+from kos_see.dispatcher import SubmitRequest
+from kos_see.durations import parse_duration
+from kos_see.engine import Engine
+from kos_see.errors import KosSeeError, TaskFailed, UsageError
+from kos_see.models import TaskRecord
+from kos_see.states import TaskState
+from kos_see.store import TaskFilter
+
+EXIT_PENDING = 5
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+TaskArg = Annotated[str, typer.Argument(metavar="TASK", help="A task id.")]
+
+
+def register(app: typer.Typer) -> None:
+    for command in (submit, watch, status, list_tasks, logs, result, cancel):
+        name = "list" if command is list_tasks else command.__name__
+        app.command(name)(command)
+
+
+def parse_input(text: str | None) -> Any:
+    """``--input`` as JSON text, ``@FILE``, or ``@-`` for standard input."""
+    if text is None:
+        return {}
+    source = "--input"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read input file {source!r}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"input file {source!r} is not UTF-8 text") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}"
+        ) from exc
+
+
+def _not_before(delay: str | None, at: str | None) -> float | None:
+    if delay and at:
+        raise UsageError("give --delay or --not-before, not both")
+    if delay:
+        try:
+            return time.time() + parse_duration(delay)
+        except ValueError as exc:
+            raise UsageError(f"--delay: {exc}") from exc
+    if at:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError as exc:
+            raise UsageError(
+                f"--not-before {at!r} is not an ISO 8601 time such as "
+                "2026-12-24T18:00:00+01:00"
+            ) from exc
+        return moment.timestamp()
+    return None
+
+
+def submit(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
+    input_: Annotated[
+        str | None,
+        typer.Option("--input", "-i", help="Input as JSON, @FILE, or @- for stdin."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the end.")] = False,
+    wait_timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds --wait waits at most.")
+    ] = None,
+    priority: Annotated[int | None, typer.Option("--priority")] = None,
+    queue_class: Annotated[
+        str | None, typer.Option("--class", help="realtime, batch or deferred.")
+    ] = None,
+    delay: Annotated[str | None, typer.Option("--delay", help="Run after, e.g. 10m.")] = None,
+    not_before: Annotated[
+        str | None, typer.Option("--not-before", help="Run at or after an ISO time.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Same key, same task.")
+    ] = None,
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a task; prints its id, or with --wait its final state and result."""
+    request = SubmitRequest(
+        service=service, input=parse_input(input_), tenant=tenant, principal="local",
+        priority=priority, queue_class=queue_class,
+        not_before=_not_before(delay, not_before), idempotency_key=idempotency_key,
+    )
+    engine = _engine(ctx)
+    try:
+        submitted = engine.dispatcher.submit(request)
+        served = engine.last_notify_delivered or not submitted.created
+        task = submitted.task
+        if wait:
+            task = engine.wait(task.id, wait_timeout)
+    finally:
+        engine.close()
+    if not served and not wait:
+        errors.print(
+            f"queued; no engine is serving {ctx.obj.home.root} now: start one with "
+            "'kos-see serve' to run it", highlight=False,
+        )
+    if as_json:
+        emit_json({**task.to_dict(), "created": submitted.created, "served": served})
+    elif wait:
+        _print_task(task)
+    else:
+        console.print(task.id, highlight=False)
+    if wait:
+        _exit_for(task)
+
+
+def watch(
+    ctx: typer.Context,
+    task_ids: Annotated[list[str], typer.Argument(metavar="TASK...")],
+    as_json: Annotated[bool, typer.Option("--json", help="Stream events as JSON lines.")]
+    = False,
+) -> None:
+    """Show live state and progress of tasks until they end, then a results table."""
+    engine = _engine(ctx)
+    try:
+        final = watch_tasks(engine, task_ids, as_json)
+    finally:
+        engine.close()
+    if not as_json:
+        print_table(final)
+    if any(t.state != TaskState.SUCCEEDED for t in final):
+        raise typer.Exit(TaskFailed.exit_code)
+
+
+def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+    """Show a task's state, progress and attempts."""
+    engine = _engine(ctx)
+    try:
+        task = engine.dispatcher.get(task_id)
+        attempts = engine.store.attempts(task_id)
+    finally:
+        engine.close()
+    if as_json:
+        emit_json({**task.to_dict(),
+                   "attempt_details": [_attempt_summary(a.to_dict()) for a in attempts]})
+        return
+    _print_task(task)
+    for a in attempts:
+        took = None if a.ended_at is None else a.ended_at - a.started_at
+        console.print(
+            f"  attempt {a.number}: {a.outcome or 'running'}  pid {a.pid}  "
+            f"exit {a.exit_code if a.signal is None else 'signal ' + str(a.signal)}  "
+            f"{duration(took)}  cpu {a.cpu_seconds or 0:.2f}s  "
+            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB", highlight=False,
+        )
+
+
+def list_tasks(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option("--state")] = None,
+    service: Annotated[str | None, typer.Option("--service")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks, newest first."""
+    try:
+        wanted = None if state is None else TaskState(state)
+    except ValueError as exc:
+        states = ", ".join(s.value for s in TaskState)
+        raise UsageError(f"--state {state!r} is not a state; use one of {states}") from exc
+    engine = _engine(ctx)
+    try:
+        found = engine.store.list_tasks(
+            TaskFilter(state=wanted, service=service, tenant=tenant, limit=limit,
+                       offset=offset))
+    finally:
+        engine.close()
+    if as_json:
+        emit_json([t.to_dict() for t in found])
+        return
+    print_table(found)
+
+
+def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+    """Print a task's events (log lines, outputs, state changes) and captured output."""
+    engine = _engine(ctx)
+    try:
+        engine.dispatcher.get(task_id)
+        events = _all_events(engine, task_id)
+        attempts = engine.store.attempts(task_id)
+    finally:
+        engine.close()
+    if as_json:
+        emit_json({"events": [e.to_dict() for e in events],
+                   "attempts": [{"number": a.number, "stdout": a.stdout,
+                                 "stderr": a.stderr} for a in attempts]})
+        return
+    for e in events:
+        data = dict(e.data)
+        text = data.pop("message", None) or data.pop("state", None) or json.dumps(data)
+        console.print(f"{when(e.at)} #{e.attempt} {e.kind:<8} {text}", highlight=False,
+                      markup=False)
+    for a in attempts:
+        for stream in ("stdout", "stderr"):
+            captured = getattr(a, stream)
+            if captured:
+                console.print(f"--- attempt {a.number} {stream} ---", style="dim")
+                console.print(captured.rstrip("\n"), highlight=False, markup=False)
+
+
+def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+    """Print a task's result document; exit 4 if it failed, 5 if not finished."""
+    engine = _engine(ctx)
+    try:
+        task = engine.dispatcher.get(task_id)
+    finally:
+        engine.close()
+    if as_json:
+        emit_json({"id": task.id, "state": task.state.value,
+                   "result": task.result_value(), "error": task.error})
+    elif task.state == TaskState.SUCCEEDED:
+        console.print_json(task.result or "null")
+    else:
+        _print_task(task)
+    _exit_for(task)
+
+
+def cancel(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+    """Cancel a queued or running task (a running one's processes are stopped)."""
+    engine = _engine(ctx)
+    try:
+        task = engine.dispatcher.cancel(task_id)
+    finally:
+        engine.close()
+    if as_json:
+        emit_json(task.to_dict())
+    elif task.state == TaskState.CANCELLED:
+        console.print(f"{task.id} cancelled")
+    elif task.cancel_requested:
+        console.print(f"{task.id} is {task.state.value}; its worker is stopping it")
+    else:
+        console.print(f"{task.id} already ended: {task.state.value}")
+
+
+def _engine(ctx: typer.Context) -> Engine:
+    context: CliContext = ctx.obj
+    return context.engine()
+
+
+def _all_events(engine: Engine, task_id: str) -> list[Any]:
+    out: list[Any] = []
+    after = 0
+    while True:
+        page = engine.store.events(task_id, after=after, limit=1000)
+        out.extend(page)
+        if len(page) < 1000:
+            return out
+        after = page[-1].id
+
+
+def _exit_for(task: TaskRecord) -> None:
+    if task.state == TaskState.SUCCEEDED:
+        return
+    raise typer.Exit(TaskFailed.exit_code if task.terminal else EXIT_PENDING)
+
+
+def _attempt_summary(attempt: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attempt.items() if k not in ("stdout", "stderr")}
+
+
+def _print_task(task: TaskRecord) -> None:
+    console.print(f"[bold]{task.id}[/bold]  {task.service}@{task.version}  "
+                  f"{state_text(task.state.value)}  attempts {task.attempts}/"
+                  f"{task.max_attempts}")
+    if task.progress_done is not None:
+        total = f"/{task.progress_total:g}" if task.progress_total else ""
+        console.print(f"  progress {task.progress_done:g}{total} "
+                      f"{task.progress_message or ''}", highlight=False)
+    if task.error:
+        console.print(f"  error: {task.error}", highlight=False, markup=False)
+    if task.result is not None:
+        console.print(f"  result: {_short(task.result, 300)}", highlight=False,
+                      markup=False)
+
+
+def print_table(found: list[TaskRecord]) -> None:
+    table = Table("task", "service", "state", "tries", "took", "result or error")
+    for t in found:
+        took = None if t.finished_at is None else t.finished_at - t.created_at
+        detail = t.error if t.error else _short(t.result or "", 70)
+        table.add_row(t.id, f"{t.service}@{t.version}", state_text(t.state.value),
+                      str(t.attempts), duration(took), detail)
+    console.print(table)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+__all__ = ["KosSeeError", "register"]

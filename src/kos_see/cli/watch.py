@@ -1,0 +1,85 @@
+"""Live view of tasks: a Rich progress bar per task, or JSON lines of events.
+
+The CLI reads the store, which another process (``serve``) writes; it reads
+again every 0.1 s while tasks are live. Streaming over Redis or the API
+replaces this read loop in scale-out deployments.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from kos_see.cli.output import console, state_text
+from kos_see.engine import Engine
+from kos_see.models import TaskRecord
+
+INTERVAL = 0.1
+
+
+def watch_tasks(engine: Engine, task_ids: list[str], as_json: bool) -> list[TaskRecord]:
+    tasks = {tid: engine.dispatcher.get(tid) for tid in task_ids}
+    if as_json:
+        return _stream_json(engine, tasks)
+    return _show_progress(engine, tasks)
+
+
+def _stream_json(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    seen = dict.fromkeys(tasks, 0)
+    while True:
+        for tid in tasks:
+            for event in engine.store.events(tid, after=seen[tid]):
+                seen[tid] = event.id
+                sys.stdout.write(json.dumps(event.to_dict()) + "\n")
+            tasks[tid] = engine.dispatcher.get(tid)
+        sys.stdout.flush()
+        if all(t.terminal for t in tasks.values()):
+            return list(tasks.values())
+        time.sleep(INTERVAL)
+
+
+def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TextColumn("{task.fields[message]}", style="dim"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars: dict[str, TaskID] = {
+            tid: progress.add_task(f"{t.service} {tid[-8:]}", total=None,
+                                   state="", message="")
+            for tid, t in tasks.items()
+        }
+        while True:
+            for tid in tasks:
+                task = tasks[tid] = engine.dispatcher.get(tid)
+                _update(progress, bars[tid], task)
+            if all(t.terminal for t in tasks.values()):
+                return list(tasks.values())
+            time.sleep(INTERVAL)
+
+
+def _update(progress: Progress, bar: TaskID, task: TaskRecord) -> None:
+    total = task.progress_total
+    done = task.progress_done or 0
+    if task.terminal and task.state.value == "succeeded":
+        total = total or 1
+        done = total
+    message = (task.progress_message or "")[:40]
+    progress.update(bar, total=total, completed=done, state=state_text(task.state.value),
+                    message=message)
+    if task.terminal:
+        progress.stop_task(bar)
