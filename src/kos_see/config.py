@@ -45,6 +45,9 @@ class ExecutionConfig(_Section):
     worker_timeout: Seconds = 300.0
     max_concurrent_tasks: int = Field(32, ge=1, le=4096)
     default_runner: str = "local_python"
+    # How attempt processes start: forked from a pre-started interpreter
+    # (about a millisecond), or a new interpreter each time (tens of ms).
+    launcher: Literal["fork_server", "cold"] = "fork_server"
     # After TERM, how long a process group has before it gets KILL.
     kill_grace: Seconds = 3.0
     # On SIGINT/SIGTERM of the engine, how long running attempts may finish

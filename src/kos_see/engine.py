@@ -19,6 +19,7 @@ from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
 from kos_see.registry import Registry
 from kos_see.runners.base import Runner
+from kos_see.runners.launch import make_launcher
 from kos_see.runners.local import LocalPythonRunner
 from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
@@ -67,7 +68,7 @@ class Engine:
             ) from exc
         self.pool = WorkerPool(
             self.store, self.registry, self.config,
-            runner or LocalPythonRunner(),
+            runner or LocalPythonRunner(make_launcher(self.config.execution.launcher)),
             self.home.workdir_root(self.config),
             exclusive=True,
         )

@@ -106,6 +106,13 @@ OnEvents = Callable[[EventBatch, tuple[float | None, float | None, str | None] |
 class Runner(Protocol):
     name: str
 
+    def process_parents(self) -> list[int]:
+        """Pids besides the worker's own that parent attempt processes (such
+        as a fork server); the worker sweeps their children for orphans."""
+
+    def close(self) -> None:
+        """Release what the runner keeps between attempts."""
+
     def run(
         self,
         spec: AttemptSpec,

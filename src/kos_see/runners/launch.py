@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
+FORK_SERVER = Path(__file__).with_name("forkserver.py")
 
 
 @dataclass
@@ -43,6 +46,10 @@ class Launcher(Protocol):
     def launch(
         self, spec: dict[str, Any], env: dict[str, str], fds: dict[str, int]
     ) -> Launched: ...
+
+
+def make_launcher(kind: str) -> Launcher:
+    return ForkServerLauncher() if kind == "fork_server" else ColdLauncher()
 
 
 class _ColdProcess:
@@ -98,3 +105,136 @@ def exit_from_status(status: int, usage: Any) -> Exit:
         cpu_seconds=round(usage.ru_utime + usage.ru_stime, 6),
         peak_rss_kb=int(usage.ru_maxrss),
     )
+
+
+class _ForkedProcess:
+    def __init__(self, server: ForkServerLauncher, pid: int, pidfd: int) -> None:
+        self._server = server
+        self.pid = pid
+        self._pidfd = pidfd
+
+    def wait_fd(self) -> int:
+        return self._pidfd
+
+    def reap(self) -> Exit:
+        return self._server.exit_of(self.pid)
+
+    def close(self) -> None:
+        os.close(self._pidfd)
+
+
+class ForkServerLauncher:
+    """Forks each attempt from a pre-started interpreter (see ``forkserver.py``).
+
+    The server starts on first use and again if it died. Requests from slot
+    threads are serialised on one socket; a reader thread routes the server's
+    replies (the child's pid) and exit reports to the waiting threads.
+    """
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._next_id = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._exits: dict[int, Exit] = {}
+        self._changed = threading.Condition()
+
+    @property
+    def server_pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def launch(
+        self, spec: dict[str, Any], env: dict[str, str], fds: dict[str, int]
+    ) -> Launched:
+        message = json.dumps({"spec": spec, "env": env})
+        with self._lock:
+            sock = self._ensure_server()
+            self._next_id += 1
+            request_id = self._next_id
+            payload = message[:-1] + f',"id":{request_id}}}'
+            try:
+                socket.send_fds(sock, [payload.encode()],
+                                [fds["stdout"], fds["stderr"], fds["events"]])
+            except OSError:
+                self._sock = None  # the server is gone; the next launch restarts it
+                raise
+        reply = self._await(lambda: self._replies.pop(request_id, None))
+        if "error" in reply:
+            raise OSError(f"fork server could not fork: {reply['error']}")
+        return _ForkedProcess(self, int(reply["pid"]), int(reply["pidfd"]))
+
+    def exit_of(self, pid: int) -> Exit:
+        return self._await(lambda: self._exits.pop(pid, None))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            if self._process is not None:
+                self._process.wait(timeout=5)
+                self._process = None
+
+    def _await(self, take):  # type: ignore[no-untyped-def]
+        with self._changed:
+            while True:
+                value = take()
+                if value is not None:
+                    return value
+                if self._sock is None:
+                    raise OSError("fork server stopped before it answered")
+                self._changed.wait(1.0)
+
+    def _ensure_server(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._process = subprocess.Popen(
+            [self.python, "-I", str(FORK_SERVER), str(theirs.fileno()),
+             str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._sock = mine
+        reader = threading.Thread(target=self._read, args=(mine,),
+                                  name="fork-server-reader", daemon=True)
+        reader.start()
+        return mine
+
+    def _read(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                with self._changed:
+                    if self._sock is sock:
+                        self._sock = None
+                    self._changed.notify_all()
+                return
+            message = json.loads(data)
+            with self._changed:
+                if "exit" in message:
+                    self._exits[message["exit"]] = _exit_from_report(message)
+                else:
+                    if fds:
+                        message["pidfd"] = fds[0]
+                    self._replies[message["id"]] = message
+                self._changed.notify_all()
+
+
+def _exit_from_report(report: dict[str, Any]) -> Exit:
+    status = int(report["status"])
+    usage = _Usage(report["utime"], report["stime"], report["maxrss"])
+    return exit_from_status(status, usage)
+
+
+@dataclass
+class _Usage:
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int

@@ -42,6 +42,15 @@ class LocalPythonRunner:
     def __init__(self, launcher: Launcher | None = None) -> None:
         self.launcher = launcher or ColdLauncher()
 
+    def process_parents(self) -> list[int]:
+        pid = getattr(self.launcher, "server_pid", None)
+        return [] if pid is None else [pid]
+
+    def close(self) -> None:
+        close = getattr(self.launcher, "close", None)
+        if close is not None:
+            close()
+
     def run(
         self,
         spec: AttemptSpec,

@@ -152,6 +152,7 @@ class WorkerPool:
         if self._control_thread is not None:
             self._control_thread.join(timeout=5)
         self._flush()
+        self.runner.close()
         log.info("worker pool stopped", extra={"action": "pool_stopped",
                                                "owner": self.owner})
 
@@ -239,7 +240,7 @@ class WorkerPool:
         with self._lock:
             active = set(self._running)
         assert self._sweeper is not None
-        self._sweeper.sweep(active)
+        self._sweeper.sweep(active, self.runner.process_parents())
 
     def _flush(self) -> None:
         with self._lock:

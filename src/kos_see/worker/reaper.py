@@ -44,11 +44,18 @@ class OrphanSweeper:
     def __init__(self) -> None:
         self._zombies: set[int] = set()
 
-    def sweep(self, active_tasks: Collection[str]) -> int:
+    def sweep(self, active_tasks: Collection[str], parents: Collection[int] = ()) -> int:
+        """Sweep our own children and those of ``parents`` (such as a fork
+        server, which reaps its children itself)."""
         me = os.getpid()
         found = 0
         zombies: set[int] = set()
-        for pid in _children(me):
+        for pid in _children({me, *parents}):
+            if _parent(pid) != me:
+                task_id = _task_of(pid)
+                if task_id is not None and task_id not in active_tasks:
+                    found += self._kill(pid, task_id, reap=False)
+                continue
             task_id = _task_of(pid)
             if task_id is None:
                 if _is_zombie(pid):
@@ -57,16 +64,20 @@ class OrphanSweeper:
                         found += self._reap(pid, "(exited)")
                 continue
             if task_id not in active_tasks:
-                found += self._kill(pid, task_id)
+                found += self._kill(pid, task_id, reap=True)
         self._zombies = zombies
         return found
 
-    def _kill(self, pid: int, task_id: str) -> int:
+    def _kill(self, pid: int, task_id: str, reap: bool) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        return self._reap(pid, task_id)
+        if reap:
+            return self._reap(pid, task_id)
+        log.warning("escaped process of an ended attempt killed",
+                    extra={"action": "orphan_killed", "pid": pid, "task_id": task_id})
+        return 1
 
     def _reap(self, pid: int, task_id: str) -> int:
         with contextlib.suppress(ChildProcessError):
@@ -76,15 +87,17 @@ class OrphanSweeper:
         return 1
 
 
-def _children(parent: int) -> list[int]:
+def _children(parents: Collection[int]) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if len(fields) > 1 and int(fields[1]) == parent:
+        if entry.name.isdigit() and _parent(int(entry.name)) in parents:
             out.append(int(entry.name))
     return out
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _stat_fields(pid: int) -> list[bytes]:

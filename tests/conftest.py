@@ -1,0 +1,347 @@
+"""Shared fixtures: an engine home in ``tmp_path``, engines on it, services.
+
+Everything here is real: a SQLite file under ``tmp_path``, real service
+folders with a ``service.toml`` and a ``main.py``, real attempt processes.
+Nothing is mocked.
+
+Fixtures (each documented where it is defined):
+
+``home``
+    a :class:`kos_see.home.Home` initialised in ``tmp_path / "home"``.
+``engine_config``
+    the small-timeout :class:`EngineConfig` every engine here uses by default.
+``make_engine``
+    factory: ``make_engine(serve=True, execution={...}, queue={...})`` opens an
+    engine on ``home`` with ``engine_config`` plus the given overrides; closed
+    in teardown.
+``engine``
+    ``make_engine()``: an engine on ``home`` that serves (runs a worker pool).
+``idle_engine``
+    ``make_engine(serve=False)``: store, registry and dispatcher only, so that
+    submitted tasks stay queued for a test to drive by hand.
+``registry``
+    a :class:`Registry` on the home's store, for registry tests.
+``make_service``
+    factory that writes a service folder and registers it; returns its name.
+``run_task``
+    submit a task through ``engine`` and wait until it ends.
+``check_engine_healthy``
+    run an ordinary task through ``engine`` and assert it succeeds.
+``task_processes`` / ``wait_no_task_processes`` / ``pid_alive`` / ``wait_until``
+    find (or wait for the end of) live processes of a task, via psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from kos_see.config import EngineConfig, validate_config
+from kos_see.dispatcher import SubmitRequest
+from kos_see.engine import Engine
+from kos_see.home import Home
+from kos_see.models import TaskRecord
+from kos_see.registry import Registry
+from kos_see.store import Store, open_store
+
+# The configuration of every test engine: everything that waits is short, so
+# that timeouts, kills, heartbeats and retries happen within a test's time.
+TEST_CONFIG: dict[str, dict[str, Any]] = {
+    "execution": {
+        "worker_timeout": 60,
+        "max_concurrent_tasks": 4,
+        "kill_grace": 0.5,
+        "heartbeat_seconds": 0.5,
+        "lease_seconds": 2,
+        "shutdown_grace": 1,
+    },
+    "queue": {"retry_base": 0.01, "retry_cap": 0.05},
+}
+
+
+def merged_config(**sections: dict[str, Any]) -> EngineConfig:
+    """``TEST_CONFIG`` with ``sections`` laid over it, key by key, validated."""
+    data = {name: dict(values) for name, values in TEST_CONFIG.items()}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return validate_config(data, source="tests")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """An initialised engine home (config.toml written) in ``tmp_path/home``."""
+    home = Home(tmp_path / "home")
+    assert home.init()
+    return home
+
+
+@pytest.fixture
+def engine_config() -> EngineConfig:
+    """The test configuration (``TEST_CONFIG``) as a validated EngineConfig."""
+    return merged_config()
+
+
+EngineFactory = Callable[..., Engine]
+
+
+@pytest.fixture
+def make_engine(home: Home) -> Iterator[EngineFactory]:
+    """Factory for engines on ``home``; every engine it made is closed after
+    the test.
+
+    ``make_engine(serve=True, **sections)``: ``sections`` override
+    ``TEST_CONFIG`` per key, e.g. ``make_engine(execution={"output_cap_bytes":
+    100})``. Only one engine per home may serve at a time.
+    """
+    opened: list[Engine] = []
+
+    def factory(serve: bool = True, **sections: dict[str, Any]) -> Engine:
+        engine = Engine.open(home, config=merged_config(**sections))
+        opened.append(engine)
+        if serve:
+            engine.serve()
+        return engine
+
+    yield factory
+    for engine in reversed(opened):
+        engine.close()
+
+
+@pytest.fixture
+def engine(make_engine: EngineFactory) -> Engine:
+    """A serving engine on ``home`` with the test configuration."""
+    return make_engine(serve=True)
+
+
+@pytest.fixture
+def idle_engine(make_engine: EngineFactory) -> Engine:
+    """An engine on ``home`` that does not serve: nothing leases its tasks."""
+    return make_engine(serve=False)
+
+
+@pytest.fixture
+def home_store(home: Home, engine_config: EngineConfig) -> Iterator[Store]:
+    """A store of its own on the home's SQLite file (the engines share the file)."""
+    store = open_store(home.store_url(engine_config))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def registry(home_store: Store) -> Registry:
+    """A registry on the home's store; what it registers every engine sees."""
+    return Registry(home_store)
+
+
+def _toml_key(key: str) -> str:
+    return json.dumps(key, ensure_ascii=False)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (inline tables for mappings, one line)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+class ServiceFactory:
+    """Writes service folders under ``root`` and registers them.
+
+    ``factory(name, source, ...)`` writes ``root/<name>-<version>/`` with a
+    ``service.toml`` and a ``main.py`` holding ``source`` (dedented), registers
+    it in the home's registry and returns ``name``. Keyword arguments:
+
+    - ``version`` ("1.0.0"), ``entrypoint`` ("main.py"; "main.py:run" calls
+      the function ``run(inputs)`` and stores its return value as the result);
+    - ``timeout`` (seconds or a duration string), ``retry_limit``, ``limits``
+      (a dict, the manifest's ``[limits]``), ``input_schema`` (a dict),
+      ``runner``, ``queue_class``, ``description``: written when given;
+    - ``files``: more files to write, ``{relative path: text}``;
+    - ``manifest_text``: the whole ``service.toml`` verbatim instead;
+    - ``register=False``: only write the folder.
+
+    ``factory.folder(name, version)`` is the folder it writes for a version.
+    """
+
+    def __init__(self, root: Path, registry: Registry) -> None:
+        self.root = root
+        self.registry = registry
+
+    def folder(self, name: str, version: str = "1.0.0") -> Path:
+        return self.root / f"{name}-{version}"
+
+    def write(
+        self,
+        name: str,
+        source: str = "",
+        *,
+        version: str = "1.0.0",
+        entrypoint: str = "main.py",
+        manifest_text: str | None = None,
+        files: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> Path:
+        folder = self.folder(name, version)
+        folder.mkdir(parents=True, exist_ok=True)
+        if manifest_text is None:
+            manifest = {"name": name, "version": version, "entrypoint": entrypoint}
+            manifest.update({k: v for k, v in fields.items() if v is not None})
+            manifest_text = "".join(
+                f"{_toml_key(k)} = {toml_value(v)}\n" for k, v in manifest.items()
+            )
+        (folder / "service.toml").write_text(manifest_text, encoding="utf-8")
+        (folder / "main.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        for relative, text in (files or {}).items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        return folder
+
+    def __call__(
+        self, name: str, source: str = "", *, register: bool = True, **options: Any
+    ) -> str:
+        folder = self.write(name, source, **options)
+        if register:
+            self.registry.add(folder)
+        return name
+
+
+@pytest.fixture
+def make_service(tmp_path: Path, registry: Registry) -> ServiceFactory:
+    """Factory for registered services in ``tmp_path/services``; see
+    :class:`ServiceFactory`."""
+    return ServiceFactory(tmp_path / "services", registry)
+
+
+@pytest.fixture
+def run_task(engine: Engine) -> Callable[..., TaskRecord]:
+    """``run_task(service, input, timeout=30, **request_fields)``: submit
+    through the serving ``engine``'s dispatcher, wait for the end and return
+    the task (asserting that it did end within ``timeout``)."""
+
+    def run(
+        service: str, input: Any = None, timeout: float = 30, **fields: Any
+    ) -> TaskRecord:
+        request = SubmitRequest(service=service, input={} if input is None else input,
+                                **fields)
+        task = engine.dispatcher.submit(request).task
+        done = engine.wait(task.id, timeout=timeout)
+        assert done.terminal, f"task {task.id} still {done.state} after {timeout}s"
+        return done
+
+    return run
+
+
+HEALTHY_SOURCE = """
+    def run(inputs):
+        return {"echo": inputs["n"] * 2}
+"""
+
+
+@pytest.fixture
+def check_engine_healthy(
+    make_service: ServiceFactory, run_task: Callable[..., TaskRecord]
+) -> Callable[[], None]:
+    """Call to assert that the engine still runs an ordinary task to success."""
+    counter = iter(range(1, 1_000_000))
+
+    def check() -> None:
+        name = "healthy-echo"
+        if not make_service.folder(name).exists():
+            make_service(name, HEALTHY_SOURCE, entrypoint="main.py:run",
+                         timeout=20, retry_limit=0)
+        n = next(counter)
+        task = run_task(name, {"n": n}, timeout=20)
+        assert task.state == "succeeded", (task.state, task.error)
+        assert task.result_value() == {"echo": n * 2}
+
+    return check
+
+
+def _task_processes(task_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("KOS_SEE_TASK_ID") == task_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_until(
+    predicate: Callable[[], bool], within: float, step: float = 0.05
+) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+
+
+@pytest.fixture
+def task_processes() -> Callable[[str], list[psutil.Process]]:
+    """``task_processes(task_id)``: live (not zombie) processes whose
+    environment names ``task_id`` as ``KOS_SEE_TASK_ID``: an attempt's process
+    or anything it started without scrubbing its environment."""
+    return _task_processes
+
+
+@pytest.fixture
+def pid_alive() -> Callable[[int], bool]:
+    """``pid_alive(pid)``: True while the process has not exited (a zombie
+    counts as exited)."""
+    return _pid_alive
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., bool]:
+    """``wait_until(predicate, within, step=0.05)``: poll until ``predicate()``
+    is true (returns True) or ``within`` seconds passed (returns False)."""
+    return _wait_until
+
+
+@pytest.fixture
+def wait_no_task_processes() -> Callable[..., None]:
+    """``wait_no_task_processes(task_id, within=2.5)``: assert that no process
+    of the task is alive, allowing the engine's orphan sweep ``within``
+    seconds to finish them."""
+
+    def check(task_id: str, within: float = 2.5) -> None:
+        _wait_until(lambda: not _task_processes(task_id), within)
+        left = []
+        for proc in _task_processes(task_id):
+            try:
+                left.append((proc.pid, proc.cmdline()))
+            except psutil.Error:
+                continue
+        assert not left, f"processes of task {task_id} still alive: {left}"
+
+    return check
