@@ -21,15 +21,6 @@ from kos_see.models import TaskRecord
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ("stdlib-complexity", "license-words", "module-inspect")
 
-# The fork server launcher (work in progress under src/) leaks its socket at
-# engine shutdown; that is the engine's bug, not the examples', so it must not
-# fail these tests. Remove this once ForkServerLauncher closes the socket.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
-
-
 @pytest.fixture
 def examples_engine(tmp_path: Path) -> Iterator[Engine]:
     """A serving engine on a home in ``tmp_path`` with the examples registered."""

@@ -93,7 +93,9 @@ def config_show(
 def main() -> None:
     wants_json = "--json" in sys.argv
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, an Exit raised by a command comes back as
+        # its code instead of ending the process.
+        code = app(standalone_mode=False)
     except KosSeeError as exc:
         _report(exc.to_dict(), exc.message, wants_json)
         sys.exit(exc.exit_code)
@@ -116,6 +118,7 @@ def main() -> None:
         _report({"error": "engine_error", "message": repr(exc)},
                 f"internal error: {exc!r}", wants_json)
         sys.exit(EXIT_ENGINE)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _report(document: dict[str, object], message: str, wants_json: bool) -> None:

@@ -31,6 +31,7 @@ class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._verified: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._resolved: dict[tuple[str, str], tuple[ServiceRecord, Manifest]] = {}
         self._lock = threading.Lock()
 
     def add(self, folder: Path) -> tuple[ServiceRecord, bool]:
@@ -61,11 +62,16 @@ class Registry:
     def resolve(self, ref: str) -> tuple[ServiceRecord, Manifest]:
         """The registered version ``ref`` names, its files checked unchanged."""
         name, version = parse_ref(ref)
-        record = self.store.get_service(name, version)
-        if record is None:
-            raise ServiceNotFound(self._not_found(name, version), service=ref)
-        self.verify(record)
-        return record, Manifest.model_validate(record.manifest)
+        cached = self._resolved.get((name, version)) if version else None
+        if cached is None:
+            record = self.store.get_service(name, version)
+            if record is None:
+                raise ServiceNotFound(self._not_found(name, version), service=ref)
+            cached = (record, Manifest.model_validate(record.manifest))
+            # A registered version never changes, so it can be kept for good.
+            self._resolved[(record.name, record.version)] = cached
+        self.verify(cached[0])
+        return cached
 
     def verify(self, record: ServiceRecord) -> None:
         folder = Path(record.path)

@@ -25,8 +25,7 @@ import socket
 import sys
 
 # Imported here so that children do not pay for them.
-import pkgutil  # noqa: F401  (runpy.run_path imports it)
-import runpy  # noqa: F401
+import traceback  # noqa: F401
 
 
 def _load_bootstrap():  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -158,7 +159,9 @@ class ForkServerLauncher:
                 socket.send_fds(sock, [payload.encode()],
                                 [fds["stdout"], fds["stderr"], fds["events"]])
             except OSError:
-                self._sock = None  # the server is gone; the next launch restarts it
+                # The server is gone; the next launch starts a new one.
+                self._sock = None
+                sock.close()
                 raise
         reply = self._await(lambda: self._replies.pop(request_id, None))
         if "error" in reply:
@@ -171,7 +174,9 @@ class ForkServerLauncher:
     def close(self) -> None:
         with self._lock:
             if self._sock is not None:
-                self._sock.close()
+                # Shutting the socket down ends the server's loop and the reader,
+                # which closes it.
+                self._sock.shutdown(socket.SHUT_RDWR)
                 self._sock = None
             if self._process is not None:
                 self._process.wait(timeout=5)
@@ -190,18 +195,44 @@ class ForkServerLauncher:
     def _ensure_server(self) -> socket.socket:
         if self._sock is not None:
             return self._sock
+        # The server dies with the thread that started it (PR_SET_PDEATHSIG
+        # follows the parent thread), so a thread of its own starts it and
+        # lives as long as the launcher, not whichever slot came first.
+        started: queue.SimpleQueue[socket.socket | BaseException] = queue.SimpleQueue()
+        keeper = threading.Thread(target=self._keep, args=(started,),
+                                  name="fork-server-keeper", daemon=True)
+        keeper.start()
+        result = started.get()
+        if isinstance(result, BaseException):
+            raise result
+        self._sock = result
+        reader = threading.Thread(target=self._read, args=(result,),
+                                  name="fork-server-reader", daemon=True)
+        reader.start()
+        return result
+
+    def _keep(self, started: queue.SimpleQueue[socket.socket | BaseException]) -> None:
+        try:
+            sock = self._start_server()
+        except BaseException as exc:
+            started.put(exc)
+            return
+        started.put(sock)
+        process = self._process
+        assert process is not None
+        process.wait()
+
+    def _start_server(self) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._process = subprocess.Popen(
             [self.python, "-I", str(FORK_SERVER), str(theirs.fileno()),
              str(os.getpid())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
+            # Each child replaces its environment; a small one is cheaper to clear.
+            env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
         )
         theirs.close()
-        self._sock = mine
-        reader = threading.Thread(target=self._read, args=(mine,),
-                                  name="fork-server-reader", daemon=True)
-        reader.start()
         return mine
 
     def _read(self, sock: socket.socket) -> None:
@@ -215,6 +246,7 @@ class ForkServerLauncher:
                     if self._sock is sock:
                         self._sock = None
                     self._changed.notify_all()
+                sock.close()
                 return
             message = json.loads(data)
             with self._changed:

@@ -1,0 +1,3 @@
+from kos_see.cli.app import main
+
+main()
