@@ -25,18 +25,22 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def engine(slots: int, **execution: object) -> Engine:
     root = Path(tempfile.mkdtemp(prefix="kos-see-bench-"))
     home = Home(root)
     home.init()
-    config = validate_config({
-        "execution": {"max_concurrent_tasks": slots, **execution},
-        "logging": {"level": "warning"},
-    })
+    config = validate_config(
+        {
+            "execution": {"max_concurrent_tasks": slots, **execution},
+            "logging": {"level": "warning"},
+        }
+    )
     built = Engine.open(home, config)
     for folder in sorted(SERVICES.iterdir()):
         built.registry.add(folder)

@@ -29,8 +29,10 @@ def throughput(tasks: int, slots: int, launcher: str) -> float:
         warm = engine.dispatcher.submit(SubmitRequest("noop", {})).task.id
         engine.wait(warm, 60)
         start = time.perf_counter()
-        ids = [engine.dispatcher.submit(SubmitRequest("noop", {})).task.id
-               for _ in range(tasks)]
+        ids = [
+            engine.dispatcher.submit(SubmitRequest("noop", {})).task.id
+            for _ in range(tasks)
+        ]
         for task_id in ids:
             final = engine.wait(task_id, 600)
             assert final.state == TaskState.SUCCEEDED, (final.state, final.error)
@@ -67,22 +69,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--paced", type=int, default=500)
-    parser.add_argument("--cold", action="store_true",
-                        help="also measure the cold-interpreter launcher")
+    parser.add_argument(
+        "--cold", action="store_true", help="also measure the cold-interpreter launcher"
+    )
     args = parser.parse_args()
     configure("warning")
     logging.getLogger("kos_see").setLevel(logging.ERROR)
     print(f"machine: {common.machine()}")
     rate = throughput(args.tasks, 2, "fork_server")
-    print(f"throughput: {rate:,.0f} tasks/s end to end ({args.tasks} no-op tasks, "
-          "2 slots, fork server, one process per task)")
+    print(
+        f"throughput: {rate:,.0f} tasks/s end to end ({args.tasks} no-op tasks, "
+        "2 slots, fork server, one process per task)"
+    )
     if args.cold:
         cold = throughput(min(args.tasks, 300), 2, "cold")
         print(f"throughput (cold interpreter per task): {cold:,.0f} tasks/s")
     p50, p99 = paced_latency(args.paced, 50.0)
     print(f"submit-to-start latency at 50 tasks/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    print(f"engine peak memory: {common.peak_rss_mib():.0f} MiB (RSS of the engine "
-          "process; the fork server and attempts are separate processes)")
+    print(
+        f"engine peak memory: {common.peak_rss_mib():.0f} MiB (RSS of the engine "
+        "process; the fork server and attempts are separate processes)"
+    )
     sys.stdout.flush()
 
 

@@ -33,6 +33,7 @@ Fixtures (each documented where it is defined):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 import time
@@ -112,6 +113,11 @@ def make_engine(home: Home) -> Iterator[EngineFactory]:
     yield factory
     for engine in reversed(opened):
         engine.close()
+    for engine in opened:
+        # The default work area lies outside tmp_path (in /dev/shm when there
+        # is one): remove it once empty, so that test homes leave nothing.
+        with contextlib.suppress(OSError):
+            engine.home.workdir_root(engine.config).rmdir()
 
 
 @pytest.fixture
@@ -238,8 +244,9 @@ def run_task(engine: Engine) -> Callable[..., TaskRecord]:
     def run(
         service: str, input: Any = None, timeout: float = 30, **fields: Any
     ) -> TaskRecord:
-        request = SubmitRequest(service=service, input={} if input is None else input,
-                                **fields)
+        request = SubmitRequest(
+            service=service, input={} if input is None else input, **fields
+        )
         task = engine.dispatcher.submit(request).task
         done = engine.wait(task.id, timeout=timeout)
         assert done.terminal, f"task {task.id} still {done.state} after {timeout}s"
@@ -264,8 +271,13 @@ def check_engine_healthy(
     def check() -> None:
         name = "healthy-echo"
         if not make_service.folder(name).exists():
-            make_service(name, HEALTHY_SOURCE, entrypoint="main.py:run",
-                         timeout=20, retry_limit=0)
+            make_service(
+                name,
+                HEALTHY_SOURCE,
+                entrypoint="main.py:run",
+                timeout=20,
+                retry_limit=0,
+            )
         n = next(counter)
         task = run_task(name, {"n": n}, timeout=20)
         assert task.state == "succeeded", (task.state, task.error)
@@ -276,11 +288,12 @@ def check_engine_healthy(
 
 def _task_processes(task_id: str) -> list[psutil.Process]:
     found = []
+    marker = f"/{task_id}-"  # the attempt's working directory: <root>/<id>-<n>
     for proc in psutil.process_iter():
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get("KOS_SEE_TASK_ID") == task_id:
+            if proc.environ().get("KOS_SEE_TASK_ID") == task_id or marker in proc.cwd():
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -308,9 +321,14 @@ def _wait_until(
 
 @pytest.fixture
 def task_processes() -> Callable[[str], list[psutil.Process]]:
-    """``task_processes(task_id)``: live (not zombie) processes whose
-    environment names ``task_id`` as ``KOS_SEE_TASK_ID``: an attempt's process
-    or anything it started without scrubbing its environment."""
+    """``task_processes(task_id)``: live (not zombie) processes of the task:
+    those whose environment names it as ``KOS_SEE_TASK_ID``, or whose current
+    directory is one of its attempts' working directories (``<id>-<n>``, even
+    once deleted).
+
+    The second test is needed because ``/proc/<pid>/environ`` shows the
+    environment a process was exec'd with: a child of the fork server gets its
+    attempt's environment only after the fork, so it shows the server's."""
     return _task_processes
 
 

@@ -41,8 +41,13 @@ class Cli:
         self.servers: list[subprocess.Popen[str]] = []
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*KOS_SEE, *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [*KOS_SEE, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def json(self, *args: str, expect: int = 0) -> object:
         done = self.run(*args, "--json")
@@ -50,9 +55,13 @@ class Cli:
         return json.loads(done.stdout)
 
     def serve(self) -> subprocess.Popen[str]:
-        server = subprocess.Popen([*KOS_SEE, "serve", "--slots", "2"], env=self.env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
+        server = subprocess.Popen(
+            [*KOS_SEE, "serve", "--slots", "2"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.servers.append(server)
         deadline = time.monotonic() + 20
         # Serving starts when the CLI's wake-up reaches it: submit finds it then.
@@ -65,11 +74,14 @@ class Cli:
         raise AssertionError("serve did not start within 20 s")
 
     def _serving(self) -> bool:
-        probe = [sys.executable, "-c",
-                 "import sys; from pathlib import Path; "
-                 "from kos_see.events.wakeup import engine_listening; "
-                 "sys.exit(0 if engine_listening(Path(sys.argv[1])) else 1)",
-                 str(self.home)]
+        probe = [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; "
+            "from kos_see.events.wakeup import engine_listening; "
+            "sys.exit(0 if engine_listening(Path(sys.argv[1])) else 1)",
+            str(self.home),
+        ]
         return subprocess.run(probe, env=self.env).returncode == 0
 
     def stop(self, server: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
@@ -130,8 +142,11 @@ def test_init_writes_a_commented_config_and_config_show_has_the_spec_keys(cli: C
     assert shown["execution"]["worker_timeout"] == 300
     assert shown["execution"]["max_concurrent_tasks"] == 32
     assert shown["execution"]["default_runner"] == "local_python"
-    assert shown["queue"] == {**shown["queue"], "retry_limit": 5,
-                              "retry_backoff": "exponential"}
+    assert shown["queue"] == {
+        **shown["queue"],
+        "retry_limit": 5,
+        "retry_backoff": "exponential",
+    }
     assert shown["security"]["task_isolation"] is True
     assert shown["security"]["allow_unsigned"] is False
     assert shown["security"]["max_log_retention"] == 30 * 86400
@@ -167,8 +182,13 @@ def test_submit_without_an_engine_queues_and_says_so_then_serve_runs_it(
     assert cli.json("status", task_id)["state"] == "queued"
 
     server = cli.serve()
-    events = subprocess.run([*KOS_SEE, "watch", task_id, "--json"], env=cli.env,
-                            capture_output=True, text=True, timeout=60)
+    events = subprocess.run(
+        [*KOS_SEE, "watch", task_id, "--json"],
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert events.returncode == 0, events.stderr
     lines = [json.loads(line) for line in events.stdout.splitlines()]
     states = [e["state"] for e in lines if e["kind"] == "state"]
@@ -182,15 +202,29 @@ def test_submit_without_an_engine_queues_and_says_so_then_serve_runs_it(
 
 
 def test_exit_codes_tell_usage_refusal_failure_and_success(cli: Cli, tmp_path: Path):
-    write_service(tmp_path / "ok", "counter", COUNTER, retry_limit=0, tables="""
+    write_service(
+        tmp_path / "ok",
+        "counter",
+        COUNTER,
+        retry_limit=0,
+        tables="""
         [input_schema]
         type = "object"
         properties.steps.type = "integer"
-    """)
-    write_service(tmp_path / "bad", "broken", "raise SystemExit('broken on purpose')",
-                  retry_limit=0)
-    assert cli.run("services", "add", str(tmp_path / "ok"), str(tmp_path / "bad")
-                   ).returncode == 0
+    """,
+    )
+    write_service(
+        tmp_path / "bad",
+        "broken",
+        "raise SystemExit('broken on purpose')",
+        retry_limit=0,
+    )
+    assert (
+        cli.run(
+            "services", "add", str(tmp_path / "ok"), str(tmp_path / "bad")
+        ).returncode
+        == 0
+    )
     cli.serve()
 
     ok = cli.json("submit", "counter", "--input", '{"steps": 1}', "--wait")
@@ -218,8 +252,9 @@ def test_cancel_a_running_task_from_the_cli(cli: Cli, tmp_path: Path):
     write_service(tmp_path / "svc", "counter", COUNTER, retry_limit=0)
     cli.run("services", "add", str(tmp_path / "svc"))
     cli.serve()
-    task_id = cli.run("submit", "counter", "--input",
-                      '{"steps": 100, "pause": 0.1}').stdout.strip()
+    task_id = cli.run(
+        "submit", "counter", "--input", '{"steps": 100, "pause": 0.1}'
+    ).stdout.strip()
     deadline = time.monotonic() + 20
     while cli.json("status", task_id)["state"] != "running":
         assert time.monotonic() < deadline, "task never started"

@@ -36,13 +36,14 @@ SOURCE = """
 
 
 @pytest.fixture
-def svc(make_service) -> str:  # noqa: ANN001
+def svc(make_service) -> str:
     return make_service("typed", SOURCE, entrypoint="main.py:run", input_schema=SCHEMA)
 
 
-def submit(engine: Engine, service: str, input, **fields):  # noqa: ANN001, ANN201
-    return engine.dispatcher.submit(SubmitRequest(service=service, input=input,
-                                                  **fields))
+def submit(engine: Engine, service: str, input, **fields):
+    return engine.dispatcher.submit(
+        SubmitRequest(service=service, input=input, **fields)
+    )
 
 
 def test_a_valid_request_is_queued(idle_engine: Engine, svc: str) -> None:
@@ -113,10 +114,9 @@ def test_unknown_version_is_refused_naming_the_registered_ones(
     assert "1.0.0" in caught.value.message
 
 
-def test_a_named_version_is_used(idle_engine: Engine, make_service) -> None:  # noqa: ANN001
+def test_a_named_version_is_used(idle_engine: Engine, make_service) -> None:
     make_service("multi", SOURCE, entrypoint="main.py:run", version="1.0.0")
-    make_service("multi", SOURCE + "# v2\n", entrypoint="main.py:run",
-                 version="2.0.0")
+    make_service("multi", SOURCE + "# v2\n", entrypoint="main.py:run", version="2.0.0")
     assert submit(idle_engine, "multi@1.0.0", {}).task.version == "1.0.0"
     assert submit(idle_engine, "multi", {}).task.version == "2.0.0"
 
@@ -142,9 +142,10 @@ def test_priority_at_the_bounds_is_accepted(
 # registry
 
 
-def test_bad_toml_manifest_is_refused(make_service, registry: Registry) -> None:  # noqa: ANN001
-    folder = make_service.write("broken", SOURCE,
-                                manifest_text='name = "broken\nversion = 1\n')
+def test_bad_toml_manifest_is_refused(make_service, registry: Registry) -> None:
+    folder = make_service.write(
+        "broken", SOURCE, manifest_text='name = "broken\nversion = 1\n'
+    )
     with pytest.raises(ManifestError) as caught:
         registry.add(folder)
     assert "not valid TOML" in caught.value.message
@@ -152,7 +153,7 @@ def test_bad_toml_manifest_is_refused(make_service, registry: Registry) -> None:
     assert registry.list() == []
 
 
-def test_missing_entrypoint_is_refused(make_service, registry: Registry) -> None:  # noqa: ANN001
+def test_missing_entrypoint_is_refused(make_service, registry: Registry) -> None:
     folder = make_service.write("noentry", SOURCE, entrypoint="missing.py")
     with pytest.raises(ManifestError) as caught:
         registry.add(folder)
@@ -161,7 +162,7 @@ def test_missing_entrypoint_is_refused(make_service, registry: Registry) -> None
 
 
 def test_entrypoint_outside_the_folder_is_refused(
-    make_service, registry: Registry  # noqa: ANN001
+    make_service, registry: Registry
 ) -> None:
     folder = make_service.write("escape", SOURCE, entrypoint="../escape.py")
     (folder.parent / "escape.py").write_text("print('x')\n")
@@ -170,7 +171,7 @@ def test_entrypoint_outside_the_folder_is_refused(
     assert "outside the service folder" in caught.value.message
 
 
-def test_unknown_runner_is_refused(make_service, registry: Registry) -> None:  # noqa: ANN001
+def test_unknown_runner_is_refused(make_service, registry: Registry) -> None:
     folder = make_service.write("runner", SOURCE, runner="teleport")
     with pytest.raises(ManifestError) as caught:
         registry.add(folder)
@@ -178,25 +179,25 @@ def test_unknown_runner_is_refused(make_service, registry: Registry) -> None:  #
     assert "local_python" in caught.value.message
 
 
-def test_missing_and_unknown_keys_are_named(make_service, registry: Registry) -> None:  # noqa: ANN001
+def test_missing_and_unknown_keys_are_named(make_service, registry: Registry) -> None:
     folder = make_service.write(
-        "keys", SOURCE, manifest_text='name = "keys"\nentrypoint = "main.py"\nx = 1\n')
+        "keys", SOURCE, manifest_text='name = "keys"\nentrypoint = "main.py"\nx = 1\n'
+    )
     with pytest.raises(ManifestError) as caught:
         registry.add(folder)
     assert "missing key 'version'" in caught.value.message
     assert "unknown key 'x'" in caught.value.message
 
 
-def test_invalid_input_schema_is_refused(make_service, registry: Registry) -> None:  # noqa: ANN001
-    folder = make_service.write("schema", SOURCE,
-                                input_schema={"type": "no-such-type"})
+def test_invalid_input_schema_is_refused(make_service, registry: Registry) -> None:
+    folder = make_service.write("schema", SOURCE, input_schema={"type": "no-such-type"})
     with pytest.raises(ManifestError) as caught:
         registry.add(folder)
     assert "input_schema" in caught.value.message
 
 
 def test_editing_code_without_a_new_version_is_refused(
-    make_service, registry: Registry  # noqa: ANN001
+    make_service, registry: Registry
 ) -> None:
     name = make_service("edited", SOURCE, entrypoint="main.py:run")
     record, _manifest = registry.resolve(name)  # verified, and cached
@@ -209,7 +210,7 @@ def test_editing_code_without_a_new_version_is_refused(
         registry.resolve(f"{name}@{record.version}")
 
 
-def test_adding_a_new_file_is_an_edit_too(make_service, registry: Registry) -> None:  # noqa: ANN001
+def test_adding_a_new_file_is_an_edit_too(make_service, registry: Registry) -> None:
     name = make_service("grown", SOURCE, entrypoint="main.py:run")
     registry.resolve(name)
     (make_service.folder(name) / "helper.py").write_text("X = 1\n")
@@ -217,17 +218,12 @@ def test_adding_a_new_file_is_an_edit_too(make_service, registry: Registry) -> N
         registry.resolve(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Registry.verify trusts its cache while (path, size, mtime_ns) of "
-    "every file is unchanged: an edit that keeps the size and restores the "
-    "mtime (cp -p, rsync -a, tar x, os.utime) is never re-hashed",
-)
 def test_an_edit_that_keeps_size_and_mtime_is_still_detected(
-    make_service, registry: Registry  # noqa: ANN001
+    make_service, registry: Registry
 ) -> None:
-    name = make_service("sneaky", SOURCE.replace("inputs", "values"),
-                        entrypoint="main.py:run")
+    name = make_service(
+        "sneaky", SOURCE.replace("inputs", "values"), entrypoint="main.py:run"
+    )
     registry.resolve(name)
     main = make_service.folder(name) / "main.py"
     before = main.stat()
@@ -240,7 +236,7 @@ def test_an_edit_that_keeps_size_and_mtime_is_still_detected(
 
 
 def test_the_same_version_with_other_content_is_refused(
-    make_service, registry: Registry, tmp_path: Path  # noqa: ANN001
+    make_service, registry: Registry, tmp_path: Path
 ) -> None:
     name = make_service("pinned", SOURCE, entrypoint="main.py:run")
     first = registry.resolve(name)[0]

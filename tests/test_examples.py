@@ -21,6 +21,7 @@ from kos_see.models import TaskRecord
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ("stdlib-complexity", "license-words", "module-inspect")
 
+
 @pytest.fixture
 def examples_engine(tmp_path: Path) -> Iterator[Engine]:
     """A serving engine on a home in ``tmp_path`` with the examples registered."""
@@ -61,7 +62,8 @@ def defined_at(path: Path, qualname: str, line: int) -> bool:
     tree = ast.parse(path.read_bytes())
     return any(
         isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.name == leaf and node.lineno == line
+        and node.name == leaf
+        and node.lineno == line
         for node in ast.walk(tree)
     )
 

@@ -20,9 +20,10 @@ SOURCE = """
 """
 
 
-def submit(engine: Engine, service: str, input=None, **fields) -> TaskRecord:  # noqa: ANN001
-    request = SubmitRequest(service=service, input={} if input is None else input,
-                            **fields)
+def submit(engine: Engine, service: str, input=None, **fields) -> TaskRecord:
+    request = SubmitRequest(
+        service=service, input={} if input is None else input, **fields
+    )
     return engine.dispatcher.submit(request).task
 
 
@@ -35,7 +36,7 @@ def state_events(engine: Engine, task_id: str) -> list[tuple[str | None, str]]:
 
 
 @pytest.fixture
-def svc(make_service) -> str:  # noqa: ANN001
+def svc(make_service) -> str:
     return make_service("echo", SOURCE, entrypoint="main.py:run", retry_limit=1)
 
 
@@ -70,9 +71,16 @@ def test_terminal_states_are_final_except_an_operator_retry_of_dead() -> None:
 
 
 def test_the_lifecycle_is_allowed_step_by_step() -> None:
-    path = [TaskState.RECEIVED, TaskState.QUEUED, TaskState.LEASED,
-            TaskState.RUNNING, TaskState.QUEUED, TaskState.LEASED,
-            TaskState.RUNNING, TaskState.SUCCEEDED]
+    path = [
+        TaskState.RECEIVED,
+        TaskState.QUEUED,
+        TaskState.LEASED,
+        TaskState.RUNNING,
+        TaskState.QUEUED,
+        TaskState.LEASED,
+        TaskState.RUNNING,
+        TaskState.SUCCEEDED,
+    ]
     for source, target in zip(path, path[1:], strict=False):
         check_transition(source, target)
 
@@ -84,9 +92,15 @@ def test_store_refuses_an_illegal_transition_and_changes_nothing(
     task = submit(idle_engine, svc)
     [lease] = store.lease(OWNER, 1, time.time(), 30)
     before_events = store.events(task.id)
-    skip_running = AttemptFinished(task.id, lease.epoch, lease.attempt, time.time(),
-                                   outcome="succeeded", next_state=TaskState.SUCCEEDED,
-                                   result="1")
+    skip_running = AttemptFinished(
+        task.id,
+        lease.epoch,
+        lease.attempt,
+        time.time(),
+        outcome="succeeded",
+        next_state=TaskState.SUCCEEDED,
+        result="1",
+    )
     with pytest.raises(IllegalTransition):
         store.apply([skip_running])
     after = store.get_task(task.id)
@@ -119,12 +133,20 @@ def test_every_state_change_has_its_event_in_order(
     task = submit(idle_engine, svc)
     [lease] = store.lease(OWNER, 1, time.time(), 30)
     now = time.time()
-    refused = store.apply([
-        AttemptStarted(task.id, lease.epoch, lease.attempt, OWNER, 4242, now),
-        AttemptFinished(task.id, lease.epoch, lease.attempt, now + 0.1,
-                        outcome="succeeded", next_state=TaskState.SUCCEEDED,
-                        result='{"ok":true}'),
-    ])
+    refused = store.apply(
+        [
+            AttemptStarted(task.id, lease.epoch, lease.attempt, OWNER, 4242, now),
+            AttemptFinished(
+                task.id,
+                lease.epoch,
+                lease.attempt,
+                now + 0.1,
+                outcome="succeeded",
+                next_state=TaskState.SUCCEEDED,
+                result='{"ok":true}',
+            ),
+        ]
+    )
     assert refused == []
     done = store.get_task(task.id)
     assert done.state == TaskState.SUCCEEDED
@@ -139,7 +161,11 @@ def test_every_state_change_has_its_event_in_order(
     ]
     [attempt] = store.attempts(task.id)
     assert (attempt.number, attempt.epoch, attempt.pid, attempt.outcome) == (
-        1, lease.epoch, 4242, "succeeded")
+        1,
+        lease.epoch,
+        4242,
+        "succeeded",
+    )
 
 
 # idempotency
@@ -159,20 +185,24 @@ def test_idempotency_key_returns_the_same_task(idle_engine: Engine, svc: str) ->
 def test_same_key_with_other_input_is_a_conflict(idle_engine: Engine, svc: str) -> None:
     dispatcher = idle_engine.dispatcher
     first = dispatcher.submit(
-        SubmitRequest(service=svc, input={"a": 1}, idempotency_key="k-1"))
+        SubmitRequest(service=svc, input={"a": 1}, idempotency_key="k-1")
+    )
     with pytest.raises(IdempotencyConflict) as caught:
         dispatcher.submit(
-            SubmitRequest(service=svc, input={"a": 2}, idempotency_key="k-1"))
+            SubmitRequest(service=svc, input={"a": 2}, idempotency_key="k-1")
+        )
     assert caught.value.details["task_id"] == first.task.id
     assert idle_engine.store.state_counts() == {"queued": 1}
 
 
 def test_idempotency_keys_are_per_tenant(idle_engine: Engine, svc: str) -> None:
     dispatcher = idle_engine.dispatcher
-    one = dispatcher.submit(SubmitRequest(service=svc, input={}, tenant="t1",
-                                          idempotency_key="same"))
-    two = dispatcher.submit(SubmitRequest(service=svc, input={}, tenant="t2",
-                                          idempotency_key="same"))
+    one = dispatcher.submit(
+        SubmitRequest(service=svc, input={}, tenant="t1", idempotency_key="same")
+    )
+    two = dispatcher.submit(
+        SubmitRequest(service=svc, input={}, tenant="t2", idempotency_key="same")
+    )
     assert two.created is True
     assert two.task.id != one.task.id
 
@@ -197,17 +227,25 @@ def test_lease_epochs_increase_and_a_stale_write_is_refused(
     assert second.attempt == 2
     before = store.get_task(task.id)
 
-    stale = AttemptFinished(task.id, first.epoch, first.attempt, now + 6,
-                            outcome="succeeded", next_state=TaskState.QUEUED,
-                            result='"stale"', error="from a superseded lease")
+    stale = AttemptFinished(
+        task.id,
+        first.epoch,
+        first.attempt,
+        now + 6,
+        outcome="succeeded",
+        next_state=TaskState.QUEUED,
+        result='"stale"',
+        error="from a superseded lease",
+    )
     refused = store.apply([stale])
 
     assert [r.write for r in refused] == [stale]
     assert refused[0].current_epoch == second.epoch
     assert refused[0].current_state == TaskState.LEASED
     assert store.get_task(task.id) == before
-    assert not any(e.data.get("reason") == "from a superseded lease"
-                   for e in store.events(task.id))
+    assert not any(
+        e.data.get("reason") == "from a superseded lease" for e in store.events(task.id)
+    )
 
 
 def test_a_stale_write_does_not_stop_the_current_one_in_the_same_batch(
@@ -219,10 +257,12 @@ def test_a_stale_write_does_not_stop_the_current_one_in_the_same_batch(
     [old] = store.lease(OWNER, 1, now, lease_seconds=1)
     store.rescue(now + 5)
     [new] = store.lease(OWNER, 1, now + 5, lease_seconds=30)
-    refused = store.apply([
-        AttemptStarted(task.id, old.epoch, old.attempt, OWNER, 1, now + 6),
-        AttemptStarted(task.id, new.epoch, new.attempt, OWNER, 2, now + 6),
-    ])
+    refused = store.apply(
+        [
+            AttemptStarted(task.id, old.epoch, old.attempt, OWNER, 1, now + 6),
+            AttemptStarted(task.id, new.epoch, new.attempt, OWNER, 2, now + 6),
+        ]
+    )
     assert [r.write.epoch for r in refused] == [old.epoch]
     assert store.get_task(task.id).state == TaskState.RUNNING
     assert [(a.number, a.pid) for a in store.attempts(task.id)] == [(2, 2)]

@@ -109,16 +109,18 @@ class Tally:
         self.chunks += 1
 
 
-def count_source(tally: Tally, done: int, count: int, source: tuple[str, str],
-                 size: int) -> None:
+def count_source(
+    tally: Tally, done: int, count: int, source: tuple[str, str], size: int
+) -> None:
     """Count one source chunk by chunk; progress advances a fraction per chunk."""
     name, text = source
     lines = text.splitlines() or [""]
     parts = range(0, len(lines), size)
     for j, start in enumerate(parts, start=1):
         tally.add(name, "\n".join(lines[start : start + size]))
-        service.progress(done + j / len(parts), count,
-                         message=f"{name} chunk {j}/{len(parts)}")
+        service.progress(
+            done + j / len(parts), count, message=f"{name} chunk {j}/{len(parts)}"
+        )
 
 
 def main() -> None:
@@ -132,17 +134,24 @@ def main() -> None:
     for done, source in enumerate(read_sources(license_path, modules)):
         count_source(tally, done, count, source, data.get("chunk_lines", 40))
         if (done + 1) % every == 0 or done + 1 == count:
-            service.output({"sources_done": done + 1, "sources": count,
-                            "leaders": tally.total.most_common(5)})
-    service.result({
-        "license_file": str(license_path),
-        "modules": len(modules),
-        "chunks": tally.chunks,
-        "words": tally.total.total(),
-        "distinct_words": len(tally.total),
-        "top": tally.total.most_common(top),
-        "license_top": tally.license.most_common(top),
-    })
+            service.output(
+                {
+                    "sources_done": done + 1,
+                    "sources": count,
+                    "leaders": tally.total.most_common(5),
+                }
+            )
+    service.result(
+        {
+            "license_file": str(license_path),
+            "modules": len(modules),
+            "chunks": tally.chunks,
+            "words": tally.total.total(),
+            "distinct_words": len(tally.total),
+            "top": tally.total.most_common(top),
+            "license_top": tally.license.most_common(top),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,14 @@ SIDE_EFFECTS = frozenset({"antigravity", "idlelib.idle"})
 def check_name(name: str) -> None:
     top = name.partition(".")[0]
     if top not in sys.stdlib_module_names:
-        service.fail(f"no module named {name!r} in the standard library",
-                     retryable=False)
+        service.fail(
+            f"no module named {name!r} in the standard library", retryable=False
+        )
     if name in SIDE_EFFECTS or "__main__" in name.split("."):
-        service.fail(f"{name!r} is not imported here: importing it runs a program",
-                     retryable=False)
+        service.fail(
+            f"{name!r} is not imported here: importing it runs a program",
+            retryable=False,
+        )
 
 
 def find(name: str) -> importlib.machinery.ModuleSpec:
@@ -42,7 +45,8 @@ def find(name: str) -> importlib.machinery.ModuleSpec:
         # Known by name but absent: e.g. winreg on Linux, or json.nope.
         service.fail(
             f"no module named {name!r} in the standard library on this machine "
-            f"({sys.platform}, Python {sys.version.split()[0]})", retryable=False,
+            f"({sys.platform}, Python {sys.version.split()[0]})",
+            retryable=False,
         )
     return spec
 
@@ -54,8 +58,11 @@ def load(name: str) -> tuple[ModuleType, list[str]]:
         try:
             module = importlib.import_module(name)
         except Exception as exc:  # e.g. tkinter without its C library
-            service.fail(f"standard library module {name!r} failed to import: "
-                         f"{type(exc).__name__}: {exc}", retryable=False)
+            service.fail(
+                f"standard library module {name!r} failed to import: "
+                f"{type(exc).__name__}: {exc}",
+                retryable=False,
+            )
     return module, [f"{w.category.__name__}: {w.message}" for w in caught]
 
 
@@ -76,8 +83,12 @@ def kind_of(spec: importlib.machinery.ModuleSpec, path: str | None) -> str:
 
 def source_facts(module: ModuleType, spec: importlib.machinery.ModuleSpec) -> dict:
     path = getattr(module, "__file__", None)
-    facts = {"file": path, "kind": kind_of(spec, path),
-             "source_bytes": None, "source_lines": None}
+    facts = {
+        "file": path,
+        "kind": kind_of(spec, path),
+        "source_bytes": None,
+        "source_lines": None,
+    }
     # Frozen modules of 3.11+ still name their .py file; measure it if present.
     if path and path.endswith(".py") and os.path.isfile(path):
         with open(path, "rb") as handle:

@@ -24,7 +24,12 @@ SKIP_DIRS = frozenset(
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 ONE_BRANCH = (
-    ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler,
+    ast.If,
+    ast.IfExp,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.ExceptHandler,
     ast.match_case,
 )
 
@@ -35,7 +40,8 @@ def stdlib_root() -> Path:
         # Some distributions ship only bytecode or a zip; say so, not a traceback.
         service.fail(
             f"the standard library sources are not at {root} on this machine "
-            "(no os.py there)", retryable=False,
+            "(no os.py there)",
+            retryable=False,
         )
     return root
 
@@ -107,8 +113,12 @@ def analyse(name: str, path: Path) -> list[dict]:
     # ast.parse on bytes honours each file's own encoding declaration.
     tree = ast.parse(path.read_bytes(), filename=str(path))
     return [
-        {"module": name, "function": qualname, "line": node.lineno,
-         "complexity": complexity(node)}
+        {
+            "module": name,
+            "function": qualname,
+            "line": node.lineno,
+            "complexity": complexity(node),
+        }
         for qualname, node in functions(tree)
     ]
 
@@ -136,15 +146,17 @@ def main() -> None:
     top = heapq.nlargest(
         data.get("top", 10), scored_all, key=lambda f: (f["complexity"], f["module"])
     )
-    service.result({
-        "python": sys.version.split()[0],
-        "stdlib": str(root),
-        "modules_scanned": len(chosen),
-        "functions_scanned": len(scored_all),
-        "top": top,
-        "modules": summaries,
-        "skipped": skipped,
-    })
+    service.result(
+        {
+            "python": sys.version.split()[0],
+            "stdlib": str(root),
+            "modules_scanned": len(chosen),
+            "functions_scanned": len(scored_all),
+            "top": top,
+            "modules": summaries,
+            "skipped": skipped,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -105,7 +105,9 @@ class SecurityConfig(_Section):
     # is recorded as unsigned, and this key is read and validated only.
     allow_unsigned: bool = False
     max_log_retention: Seconds = "30d"  # type: ignore[assignment]
-    env_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST))
+    env_allowlist: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST)
+    )
 
 
 class TelemetryConfig(_Section):

@@ -20,7 +20,12 @@ from typing import Any
 import jsonschema
 
 from kos_see.config import EngineConfig
-from kos_see.errors import IdempotencyConflict, InputInvalid, RequestRefused, TaskNotFound
+from kos_see.errors import (
+    IdempotencyConflict,
+    InputInvalid,
+    RequestRefused,
+    TaskNotFound,
+)
 from kos_see.models import NewTask, TaskRecord, new_task_id
 from kos_see.registry import Registry
 from kos_see.store import Store
@@ -52,8 +57,13 @@ class Submitted:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
 
 
 def digest_text(text: str) -> str:
@@ -91,7 +101,8 @@ class Dispatcher:
             idempotency_key=request.idempotency_key,
             not_before=max(now, request.not_before or now),
             timeout=manifest.timeout or self.config.execution.worker_timeout,
-            max_attempts=1 + (
+            max_attempts=1
+            + (
                 manifest.retry_limit
                 if manifest.retry_limit is not None
                 else self.config.queue.retry_limit
@@ -105,8 +116,13 @@ class Dispatcher:
             self.notify("submit")
         log.info(
             "task submitted" if created else "task found by idempotency key",
-            extra={"action": "task_submitted", "task_id": task.id,
-                   "service": record.ref, "tenant": task.tenant, "new_task": created},
+            extra={
+                "action": "task_submitted",
+                "task_id": task.id,
+                "service": record.ref,
+                "tenant": task.tenant,
+                "new_task": created,
+            },
         )
         return Submitted(task=task, created=created)
 
@@ -114,8 +130,14 @@ class Dispatcher:
         task = self.store.cancel_task(task_id, time.time() if now is None else now)
         if task.cancel_requested:
             self.notify("cancel")
-        log.info("task cancel requested", extra={
-            "action": "task_cancel", "task_id": task_id, "state": task.state.value})
+        log.info(
+            "task cancel requested",
+            extra={
+                "action": "task_cancel",
+                "task_id": task_id,
+                "state": task.state.value,
+            },
+        )
         return task
 
     def get(self, task_id: str) -> TaskRecord:
@@ -143,8 +165,9 @@ class Dispatcher:
         if errors:
             violations = [{"path": e.json_path, "message": e.message} for e in errors]
             listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
-            raise InputInvalid(f"input for {ref} violates its schema: {listed}",
-                               violations)
+            raise InputInvalid(
+                f"input for {ref} violates its schema: {listed}", violations
+            )
         return text
 
     def _priority(self, priority: int | None) -> int:
@@ -157,11 +180,19 @@ class Dispatcher:
             )
         return priority
 
-    def _queue_class(self, request: SubmitRequest, default: str | None, now: float) -> str:
+    def _queue_class(
+        self, request: SubmitRequest, default: str | None, now: float
+    ) -> str:
         if request.not_before is not None and not math.isfinite(request.not_before):
-            raise RequestRefused(f"not-before time {request.not_before!r} is not a time")
+            raise RequestRefused(
+                f"not-before time {request.not_before!r} is not a time"
+            )
         chosen = request.queue_class
-        if chosen is None and request.not_before is not None and request.not_before > now:
+        if (
+            chosen is None
+            and request.not_before is not None
+            and request.not_before > now
+        ):
             chosen = "deferred"
         chosen = chosen or default or self.config.queue.default_class
         if chosen not in QUEUE_CLASSES:
@@ -174,7 +205,9 @@ class Dispatcher:
 
     def _check_same_request(self, task: TaskRecord, new: NewTask) -> None:
         if (task.service, task.version, task.input_digest) != (
-            new.service, new.version, new.input_digest,
+            new.service,
+            new.version,
+            new.input_digest,
         ):
             raise IdempotencyConflict(
                 f"idempotency key {new.idempotency_key!r} was used by task {task.id} "

@@ -1,4 +1,4 @@
-"""Durations written as people write them: ``300``, ``1.5s``, ``10m``, ``2h``, ``30d``."""
+"""Durations as people write them: ``300``, ``1.5s``, ``10m``, ``2h``, ``30d``."""
 
 from __future__ import annotations
 

@@ -67,7 +67,9 @@ class Engine:
                 "(only one engine serves an embedded home)"
             ) from exc
         self.pool = WorkerPool(
-            self.store, self.registry, self.config,
+            self.store,
+            self.registry,
+            self.config,
             runner or LocalPythonRunner(make_launcher(self.config.execution.launcher)),
             self.home.workdir_root(self.config),
             exclusive=True,
@@ -125,4 +127,3 @@ class Engine:
                 # Another process serves: read the store again shortly.
                 time.sleep(wait)
                 pause = min(POLL_MAX, pause * 1.5)
-

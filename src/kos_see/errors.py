@@ -121,3 +121,9 @@ class StoreError(KosSeeError):
     """The store could not complete the operation."""
 
     code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or is busy; the operation may be retried."""
+
+    code = "store_unavailable"

@@ -97,8 +97,10 @@ def _private_tmpfs_dir(home_root: Path) -> Path | None:
         return None
     # Anyone can create names in /dev/shm: use the folder only if it is a real
     # directory that this user owns and nobody else can enter.
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or (
-        info.st_mode & 0o077
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or (info.st_mode & 0o077)
     ):
         return None
     digest = hashlib.sha256(str(home_root).encode()).hexdigest()[:16]

@@ -60,7 +60,9 @@ def workdir() -> Path:
     return Path(os.environ.get("KOS_SEE_WORKDIR", "."))
 
 
-def progress(done: float, total: float | None = None, message: str | None = None) -> None:
+def progress(
+    done: float, total: float | None = None, message: str | None = None
+) -> None:
     _emit({"type": "progress", "done": done, "total": total, "message": message})
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from kos_see.cli import services, serve, tasks
+from kos_see.cli import serve, services, tasks
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -115,8 +115,11 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # the engine's own bug: say so, with the cause
-        _report({"error": "engine_error", "message": repr(exc)},
-                f"internal error: {exc!r}", wants_json)
+        _report(
+            {"error": "engine_error", "message": repr(exc)},
+            f"internal error: {exc!r}",
+            wants_json,
+        )
         sys.exit(EXIT_ENGINE)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -16,6 +16,8 @@ class CliContext:
     def engine(self) -> Engine:
         self.home.require()
         config = self.home.load_config()
-        configure(config.logging.level if config.logging.level != "info" else "warning",
-                  config.logging.format)
+        configure(
+            config.logging.level if config.logging.level != "info" else "warning",
+            config.logging.format,
+        )
         return Engine.open(self.home, config)

@@ -54,13 +54,17 @@ def serve(
         engine.serve()
         errors.print(
             f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
-            "(Ctrl-C stops gracefully)", highlight=False,
+            "(Ctrl-C stops gracefully)",
+            highlight=False,
         )
         while not stop.wait(1.0):
             pass
         name = signal.Signals(received[0]).name if received else "stop"
-        errors.print(f"{name}: stopping; running attempts get "
-                     f"{config.execution.shutdown_grace:g}s", highlight=False)
+        errors.print(
+            f"{name}: stopping; running attempts get "
+            f"{config.execution.shutdown_grace:g}s",
+            highlight=False,
+        )
         # A second signal during the grace period should not kill us mid-write.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

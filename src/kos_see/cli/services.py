@@ -11,8 +11,8 @@ from rich.table import Table
 
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, when
-from kos_see.registry.registry import parse_ref
 from kos_see.errors import ServiceNotFound
+from kos_see.registry.registry import parse_ref
 
 app = typer.Typer(help="Register and inspect services.", no_args_is_help=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -32,8 +32,9 @@ def add(
     finally:
         engine.close()
     if as_json:
-        emit_json([{"service": r.ref, "digest": r.digest, "new": new}
-                   for r, new in added])
+        emit_json(
+            [{"service": r.ref, "digest": r.digest, "new": new} for r, new in added]
+        )
         return
     for record, new in added:
         verb = "registered" if new else "already registered"
@@ -50,14 +51,29 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     finally:
         engine.close()
     if as_json:
-        emit_json([{"name": r.name, "version": r.version, "digest": r.digest,
-                    "path": r.path, "description": r.manifest.get("description", ""),
-                    "registered_at": r.registered_at} for r in records])
+        emit_json(
+            [
+                {
+                    "name": r.name,
+                    "version": r.version,
+                    "digest": r.digest,
+                    "path": r.path,
+                    "description": r.manifest.get("description", ""),
+                    "registered_at": r.registered_at,
+                }
+                for r in records
+            ]
+        )
         return
     table = Table("service", "version", "digest", "description", "registered")
     for r in records:
-        table.add_row(r.name, r.version, r.digest[7:19], r.manifest.get("description", ""),
-                      when(r.registered_at))
+        table.add_row(
+            r.name,
+            r.version,
+            r.digest[7:19],
+            r.manifest.get("description", ""),
+            when(r.registered_at),
+        )
     console.print(table)
 
 
@@ -78,13 +94,20 @@ def show(
             raise ServiceNotFound(f"no service {ref!r}")
     finally:
         engine.close()
-    document = {"name": record.name, "version": record.version, "digest": record.digest,
-                "path": record.path, "registered_at": record.registered_at,
-                "manifest": record.manifest}
+    document = {
+        "name": record.name,
+        "version": record.version,
+        "digest": record.digest,
+        "path": record.path,
+        "registered_at": record.registered_at,
+        "manifest": record.manifest,
+    }
     if as_json:
         emit_json(document)
         return
-    console.print(f"[bold]{record.ref}[/bold]  {record.manifest.get('description', '')}")
+    console.print(
+        f"[bold]{record.ref}[/bold]  {record.manifest.get('description', '')}"
+    )
     console.print(f"digest   {record.digest}")
     console.print(f"folder   {record.path}")
     console.print(f"added    {when(record.registered_at)}")

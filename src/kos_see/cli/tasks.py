@@ -44,7 +44,9 @@ def parse_input(text: str | None) -> Any:
         try:
             text = sys.stdin.read() if source == "-" else Path(source).read_text()
         except OSError as exc:
-            raise UsageError(f"cannot read input file {source!r}: {exc.strerror}") from exc
+            raise UsageError(
+                f"cannot read input file {source!r}: {exc.strerror}"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise UsageError(f"input file {source!r} is not UTF-8 text") from exc
     try:
@@ -91,7 +93,9 @@ def submit(
     queue_class: Annotated[
         str | None, typer.Option("--class", help="realtime, batch or deferred.")
     ] = None,
-    delay: Annotated[str | None, typer.Option("--delay", help="Run after, e.g. 10m.")] = None,
+    delay: Annotated[
+        str | None, typer.Option("--delay", help="Run after, e.g. 10m.")
+    ] = None,
     not_before: Annotated[
         str | None, typer.Option("--not-before", help="Run at or after an ISO time.")
     ] = None,
@@ -103,9 +107,14 @@ def submit(
 ) -> None:
     """Submit a task; prints its id, or with --wait its final state and result."""
     request = SubmitRequest(
-        service=service, input=parse_input(input_), tenant=tenant, principal="local",
-        priority=priority, queue_class=queue_class,
-        not_before=_not_before(delay, not_before), idempotency_key=idempotency_key,
+        service=service,
+        input=parse_input(input_),
+        tenant=tenant,
+        principal="local",
+        priority=priority,
+        queue_class=queue_class,
+        not_before=_not_before(delay, not_before),
+        idempotency_key=idempotency_key,
     )
     engine = _engine(ctx)
     try:
@@ -119,7 +128,8 @@ def submit(
     if not served and not wait:
         errors.print(
             f"queued; no engine is serving {ctx.obj.home.root} now: start one with "
-            "'kos-see serve' to run it", highlight=False,
+            "'kos-see serve' to run it",
+            highlight=False,
         )
     if as_json:
         emit_json({**task.to_dict(), "created": submitted.created, "served": served})
@@ -134,8 +144,9 @@ def submit(
 def watch(
     ctx: typer.Context,
     task_ids: Annotated[list[str], typer.Argument(metavar="TASK...")],
-    as_json: Annotated[bool, typer.Option("--json", help="Stream events as JSON lines.")]
-    = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Stream events as JSON lines.")
+    ] = False,
 ) -> None:
     """Show live state and progress of tasks until they end, then a results table."""
     engine = _engine(ctx)
@@ -158,8 +169,12 @@ def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     finally:
         engine.close()
     if as_json:
-        emit_json({**task.to_dict(),
-                   "attempt_details": [_attempt_summary(a.to_dict()) for a in attempts]})
+        emit_json(
+            {
+                **task.to_dict(),
+                "attempt_details": [_attempt_summary(a.to_dict()) for a in attempts],
+            }
+        )
         return
     _print_task(task)
     for a in attempts:
@@ -168,7 +183,8 @@ def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
             f"  attempt {a.number}: {a.outcome or 'running'}  pid {a.pid}  "
             f"exit {a.exit_code if a.signal is None else 'signal ' + str(a.signal)}  "
             f"{duration(took)}  cpu {a.cpu_seconds or 0:.2f}s  "
-            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB", highlight=False,
+            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB",
+            highlight=False,
         )
 
 
@@ -186,12 +202,16 @@ def list_tasks(
         wanted = None if state is None else TaskState(state)
     except ValueError as exc:
         states = ", ".join(s.value for s in TaskState)
-        raise UsageError(f"--state {state!r} is not a state; use one of {states}") from exc
+        raise UsageError(
+            f"--state {state!r} is not a state; use one of {states}"
+        ) from exc
     engine = _engine(ctx)
     try:
         found = engine.store.list_tasks(
-            TaskFilter(state=wanted, service=service, tenant=tenant, limit=limit,
-                       offset=offset))
+            TaskFilter(
+                state=wanted, service=service, tenant=tenant, limit=limit, offset=offset
+            )
+        )
     finally:
         engine.close()
     if as_json:
@@ -210,15 +230,24 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
     finally:
         engine.close()
     if as_json:
-        emit_json({"events": [e.to_dict() for e in events],
-                   "attempts": [{"number": a.number, "stdout": a.stdout,
-                                 "stderr": a.stderr} for a in attempts]})
+        emit_json(
+            {
+                "events": [e.to_dict() for e in events],
+                "attempts": [
+                    {"number": a.number, "stdout": a.stdout, "stderr": a.stderr}
+                    for a in attempts
+                ],
+            }
+        )
         return
     for e in events:
         data = dict(e.data)
         text = data.pop("message", None) or data.pop("state", None) or json.dumps(data)
-        console.print(f"{when(e.at)} #{e.attempt} {e.kind:<8} {text}", highlight=False,
-                      markup=False)
+        console.print(
+            f"{when(e.at)} #{e.attempt} {e.kind:<8} {text}",
+            highlight=False,
+            markup=False,
+        )
     for a in attempts:
         for stream in ("stdout", "stderr"):
             captured = getattr(a, stream)
@@ -235,8 +264,14 @@ def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     finally:
         engine.close()
     if as_json:
-        emit_json({"id": task.id, "state": task.state.value,
-                   "result": task.result_value(), "error": task.error})
+        emit_json(
+            {
+                "id": task.id,
+                "state": task.state.value,
+                "result": task.result_value(),
+                "error": task.error,
+            }
+        )
     elif task.state == TaskState.SUCCEEDED:
         console.print_json(task.result or "null")
     else:
@@ -288,18 +323,23 @@ def _attempt_summary(attempt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_task(task: TaskRecord) -> None:
-    console.print(f"[bold]{task.id}[/bold]  {task.service}@{task.version}  "
-                  f"{state_text(task.state.value)}  attempts {task.attempts}/"
-                  f"{task.max_attempts}")
+    console.print(
+        f"[bold]{task.id}[/bold]  {task.service}@{task.version}  "
+        f"{state_text(task.state.value)}  attempts {task.attempts}/"
+        f"{task.max_attempts}"
+    )
     if task.progress_done is not None:
         total = f"/{task.progress_total:g}" if task.progress_total else ""
-        console.print(f"  progress {task.progress_done:g}{total} "
-                      f"{task.progress_message or ''}", highlight=False)
+        console.print(
+            f"  progress {task.progress_done:g}{total} {task.progress_message or ''}",
+            highlight=False,
+        )
     if task.error:
         console.print(f"  error: {task.error}", highlight=False, markup=False)
     if task.result is not None:
-        console.print(f"  result: {_short(task.result, 300)}", highlight=False,
-                      markup=False)
+        console.print(
+            f"  result: {_short(task.result, 300)}", highlight=False, markup=False
+        )
 
 
 def print_table(found: list[TaskRecord]) -> None:
@@ -307,8 +347,14 @@ def print_table(found: list[TaskRecord]) -> None:
     for t in found:
         took = None if t.finished_at is None else t.finished_at - t.created_at
         detail = t.error if t.error else _short(t.result or "", 70)
-        table.add_row(t.id, f"{t.service}@{t.version}", state_text(t.state.value),
-                      str(t.attempts), duration(took), detail)
+        table.add_row(
+            t.id,
+            f"{t.service}@{t.version}",
+            state_text(t.state.value),
+            str(t.attempts),
+            duration(took),
+            detail,
+        )
     console.print(table)
 
 

@@ -59,8 +59,9 @@ def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRec
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars: dict[str, TaskID] = {
-            tid: progress.add_task(f"{t.service} {tid[-8:]}", total=None,
-                                   state="", message="")
+            tid: progress.add_task(
+                f"{t.service} {tid[-8:]}", total=None, state="", message=""
+            )
             for tid, t in tasks.items()
         }
         while True:
@@ -79,7 +80,12 @@ def _update(progress: Progress, bar: TaskID, task: TaskRecord) -> None:
         total = total or 1
         done = total
     message = (task.progress_message or "")[:40]
-    progress.update(bar, total=total, completed=done, state=state_text(task.state.value),
-                    message=message)
+    progress.update(
+        bar,
+        total=total,
+        completed=done,
+        state=state_text(task.state.value),
+        message=message,
+    )
     if task.terminal:
         progress.stop_task(bar)

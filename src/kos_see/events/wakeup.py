@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
-import threading
 
 MESSAGES = frozenset({"submit", "cancel"})
 
@@ -44,10 +44,17 @@ class WakeListener:
 
     def __init__(self, home_root: Path, on_message: Callable[[str], None]) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(address(home_root))
+        try:
+            # The address is taken while an engine serves this home: binding it
+            # is also what keeps a second engine from serving the same home.
+            self._sock.bind(address(home_root))
+        except OSError:
+            self._sock.close()
+            raise
         self._on_message = on_message
-        self._thread = threading.Thread(target=self._loop, name="wake-listener",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="wake-listener", daemon=True
+        )
         self._closed = False
 
     def start(self) -> None:

@@ -46,10 +46,12 @@ def content_digest(folder: Path) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-def stat_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Cheap fingerprint: (path, size, mtime_ns) of every digested file."""
+def stat_signature(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Cheap fingerprint of every digested file: path, inode, size, mtime and
+    ctime. The ctime matters: tools that restore an mtime after an edit
+    (``cp -p``, ``rsync -a``, ``tar x``) cannot restore it."""
     out = []
     for path in service_files(folder):
         st = path.stat()
-        out.append((str(path), st.st_size, st.st_mtime_ns))
+        out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)

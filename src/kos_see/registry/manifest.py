@@ -116,7 +116,8 @@ def _check_entrypoint(folder: Path, manifest: Manifest, path: Path) -> None:
     entry = (folder / manifest.entry_file).resolve()
     if not entry.is_relative_to(folder.resolve()):
         raise ManifestError(
-            f"{path}: entrypoint {manifest.entrypoint!r} points outside the service folder"
+            f"{path}: entrypoint {manifest.entrypoint!r} points outside the "
+            "service folder"
         )
     if not entry.is_file():
         raise ManifestError(

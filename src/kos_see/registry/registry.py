@@ -12,7 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-from kos_see.errors import ManifestError, RequestRefused, ServiceChanged, ServiceNotFound
+from kos_see.errors import (
+    ManifestError,
+    RequestRefused,
+    ServiceChanged,
+    ServiceNotFound,
+)
 from kos_see.models import ServiceRecord
 from kos_see.registry.digest import content_digest, stat_signature
 from kos_see.registry.manifest import Manifest, load_manifest
@@ -49,11 +54,15 @@ class Registry:
                 f"digest {existing.digest[:19]}, and {folder} now has "
                 f"{digest[:19]}; a registered version is never changed: "
                 "raise 'version' in the manifest and add it again",
-                service=manifest.name, version=manifest.version,
+                service=manifest.name,
+                version=manifest.version,
             )
         record = ServiceRecord(
-            name=manifest.name, version=manifest.version, digest=digest,
-            path=str(folder), manifest=manifest.model_dump(mode="json"),
+            name=manifest.name,
+            version=manifest.version,
+            digest=digest,
+            path=str(folder),
+            manifest=manifest.model_dump(mode="json"),
             registered_at=time.time(),
         )
         self.store.add_service(record)
@@ -108,4 +117,7 @@ class Registry:
                 f"service {name!r} has no version {version!r}; registered: "
                 + ", ".join(versions)
             )
-        return f"no service {name!r} is registered; add it with 'kos-see services add PATH'"
+        return (
+            f"no service {name!r} is registered; add it with "
+            "'kos-see services add PATH'"
+        )

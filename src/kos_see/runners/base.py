@@ -100,7 +100,9 @@ class AttemptControl:
 
 
 OnStarted = Callable[[int, float], None]
-OnEvents = Callable[[EventBatch, tuple[float | None, float | None, str | None] | None], None]
+OnEvents = Callable[
+    [EventBatch, tuple[float | None, float | None, str | None] | None], None
+]
 
 
 class Runner(Protocol):

@@ -8,10 +8,13 @@ exception in the worker.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 MAX_LINE = 4 * 1024 * 1024
+# JSON may escape a lone surrogate (backslash-u d800); UTF-8 cannot hold one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class CappedOutput:
@@ -97,23 +100,33 @@ class EventChannel:
         except ValueError:
             record = None
         if not isinstance(record, dict):
-            self._keep("log", {"level": "warning", "message": "unreadable event line: "
-                               + line[:200].decode("utf-8", errors="replace")})
+            self._keep(
+                "log",
+                {
+                    "level": "warning",
+                    "message": "unreadable event line: "
+                    + line[:200].decode("utf-8", errors="replace"),
+                },
+            )
             return
+        record = _storable(record)
         kind = record.get("type")
         if kind == "result":
             self._result(record.get("value"))
         elif kind == "error":
-            self.error = {"message": str(record.get("message", ""))[:4000],
-                          "retryable": bool(record.get("retryable", False))}
+            self.error = {
+                "message": str(record.get("message", ""))[:4000],
+                "retryable": bool(record.get("retryable", False)),
+            }
         elif kind == "progress":
             self._progress(record)
         elif kind in ("log", "output"):
             record.pop("type")
             self._keep(kind, record)
         else:
-            self._keep("log", {"level": "warning",
-                               "message": f"unknown event type {kind!r}"})
+            self._keep(
+                "log", {"level": "warning", "message": f"unknown event type {kind!r}"}
+            )
 
     def _result(self, value: Any) -> None:
         text = json.dumps(value, ensure_ascii=False, default=str)
@@ -144,3 +157,15 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (a lone surrogate
+    becomes U+FFFD), since strings from the channel end up in the store."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value

@@ -101,8 +101,9 @@ def _serve_one(sock: socket.socket, leaders: set[int]) -> bool:
     # worker waits on it even if the attempt has already ended.
     pidfd = os.pidfd_open(pid)
     try:
-        socket.send_fds(sock, [json.dumps({"id": request["id"], "pid": pid}).encode()],
-                        [pidfd])
+        socket.send_fds(
+            sock, [json.dumps({"id": request["id"], "pid": pid}).encode()], [pidfd]
+        )
     finally:
         os.close(pidfd)
     return True
@@ -149,16 +150,30 @@ def _child(request: dict[str, object], fds: list[int], parent: int) -> None:
 def _reap(sock: socket.socket, leaders: set[int]) -> None:
     while True:
         try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if exited is None:
             return
+        pid = exited.si_pid
+        if pid in leaders:
+            # While the leader is unreaped its pid cannot be reused, so this
+            # kills only what is left of its own group.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _pid, status, usage = os.wait4(pid, 0)
         if pid not in leaders:
             continue  # an escaped grandchild, re-parented here and now reaped
         leaders.discard(pid)
-        report = {"exit": pid, "status": status, "utime": usage.ru_utime,
-                  "stime": usage.ru_stime, "maxrss": usage.ru_maxrss}
+        report = {
+            "exit": pid,
+            "status": status,
+            "utime": usage.ru_utime,
+            "stime": usage.ru_stime,
+            "maxrss": usage.ru_maxrss,
+        }
         sock.send(json.dumps(report).encode())
 
 

@@ -156,8 +156,11 @@ class ForkServerLauncher:
             request_id = self._next_id
             payload = message[:-1] + f',"id":{request_id}}}'
             try:
-                socket.send_fds(sock, [payload.encode()],
-                                [fds["stdout"], fds["stderr"], fds["events"]])
+                socket.send_fds(
+                    sock,
+                    [payload.encode()],
+                    [fds["stdout"], fds["stderr"], fds["events"]],
+                )
             except OSError:
                 # The server is gone; the next launch starts a new one.
                 self._sock = None
@@ -199,15 +202,17 @@ class ForkServerLauncher:
         # follows the parent thread), so a thread of its own starts it and
         # lives as long as the launcher, not whichever slot came first.
         started: queue.SimpleQueue[socket.socket | BaseException] = queue.SimpleQueue()
-        keeper = threading.Thread(target=self._keep, args=(started,),
-                                  name="fork-server-keeper", daemon=True)
+        keeper = threading.Thread(
+            target=self._keep, args=(started,), name="fork-server-keeper", daemon=True
+        )
         keeper.start()
         result = started.get()
         if isinstance(result, BaseException):
             raise result
         self._sock = result
-        reader = threading.Thread(target=self._read, args=(result,),
-                                  name="fork-server-reader", daemon=True)
+        reader = threading.Thread(
+            target=self._read, args=(result,), name="fork-server-reader", daemon=True
+        )
         reader.start()
         return result
 
@@ -225,8 +230,13 @@ class ForkServerLauncher:
     def _start_server(self) -> socket.socket:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._process = subprocess.Popen(
-            [self.python, "-I", str(FORK_SERVER), str(theirs.fileno()),
-             str(os.getpid())],
+            [
+                self.python,
+                "-I",
+                str(FORK_SERVER),
+                str(theirs.fileno()),
+                str(os.getpid()),
+            ],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             # Each child replaces its environment; a small one is cheaper to clear.

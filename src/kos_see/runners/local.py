@@ -33,6 +33,7 @@ from kos_see.runners.launch import ColdLauncher, Exit, Launcher
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
+KILL_RECHECK = 0.5
 READ_SIZE = 65536
 
 
@@ -77,13 +78,19 @@ class LocalPythonRunner:
             env = attempt_env(spec, pipes.events_w)
             try:
                 process = self.launcher.launch(
-                    child_spec(spec), env,
-                    {"stdout": pipes.out_w, "stderr": pipes.err_w,
-                     "events": pipes.events_w},
+                    child_spec(spec),
+                    env,
+                    {
+                        "stdout": pipes.out_w,
+                        "stderr": pipes.err_w,
+                        "events": pipes.events_w,
+                    },
                 )
             except OSError as exc:
                 return AttemptOutcome(
-                    status="failed", retryable=True, error_kind="launch",
+                    status="failed",
+                    retryable=True,
+                    error_kind="launch",
                     error=f"the attempt's process could not start: {exc}",
                 )
             pipes.close_write_ends()
@@ -197,7 +204,8 @@ class _Supervisor:
             self._terminate()
         elif self.kill_at is not None and now >= self.kill_at:
             _kill_group(self.pid, signal.SIGKILL)
-            self.kill_at = float("inf")
+            # KILL cannot be ignored; look again shortly until the exit shows.
+            self.kill_at = now + KILL_RECHECK
 
     def _terminate(self) -> None:
         _kill_group(self.pid, signal.SIGTERM)
@@ -267,7 +275,11 @@ def classify(
         outcome.error_kind = control.reason
         return outcome
     if supervisor.timed_out:
-        outcome.status, outcome.retryable, outcome.error_kind = "timed_out", True, "timeout"
+        outcome.status, outcome.retryable, outcome.error_kind = (
+            "timed_out",
+            True,
+            "timeout",
+        )
         outcome.error = (
             f"ran past its timeout of {spec.timeout:g}s; its process group got "
             f"TERM, and KILL {spec.kill_grace:g}s later if still alive"
@@ -293,8 +305,10 @@ def _failure_message(
         name = signal.Signals(exit_info.signal).name
         text = f"killed by signal {name} ({exit_info.signal})"
         cpu_limit = spec.limits.cpu_seconds
-        if exit_info.signal in (signal.SIGXCPU, signal.SIGKILL) and cpu_limit and (
-            exit_info.cpu_seconds >= cpu_limit - 0.5
+        if (
+            exit_info.signal in (signal.SIGXCPU, signal.SIGKILL)
+            and cpu_limit
+            and (exit_info.cpu_seconds >= cpu_limit - 0.5)
         ):
             text += f": CPU time limit of {cpu_limit}s exceeded"
         return text
@@ -351,7 +365,9 @@ def remove_workdir(path: Path) -> None:
             os.chmod(target, stat.S_IRWXU)
             func(target)
         except OSError:
-            log.warning("working directory not fully removed",
-                        extra={"action": "workdir_leftover", "path": str(target)})
+            log.warning(
+                "working directory not fully removed",
+                extra={"action": "workdir_leftover", "path": str(target)},
+            )
 
     shutil.rmtree(path, onerror=_unlock)

@@ -84,5 +84,7 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
-    log.info("store migrated", extra={"action": "store_migrated",
-                                      "revision": SCHEMA_REVISION})
+    log.info(
+        "store migrated",
+        extra={"action": "store_migrated", "revision": SCHEMA_REVISION},
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from kos_see.errors import TaskNotFound
+from kos_see.errors import StoreUnavailable, TaskNotFound
 from kos_see.models import (
     AttemptEvents,
     AttemptFinished,
@@ -48,14 +48,20 @@ class SqlStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_begin="DEFERRED")
-            yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin="DEFERRED")
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     # services
 
@@ -164,7 +170,9 @@ class SqlStore(Store):
         conn.execute(tasks.update().where(tasks.c.id == row.id).values(**values))
         conn.execute(
             events.insert().values(
-                _state_event(row.id, row.attempts, now, target.value, source.value, reason)
+                _state_event(
+                    row.id, row.attempts, now, target.value, source.value, reason
+                )
             )
         )
 
@@ -214,8 +222,13 @@ class SqlStore(Store):
                 )
         rows.sort(key=lambda t: (-t.priority, t.created_at))
         return [
-            Lease(task=t, epoch=t.lease_epoch, attempt=t.attempts, owner=owner,
-                  expires_at=expires)
+            Lease(
+                task=t,
+                epoch=t.lease_epoch,
+                attempt=t.attempts,
+                owner=owner,
+                expires_at=expires,
+            )
             for t in rows
         ]
 
@@ -232,13 +245,18 @@ class SqlStore(Store):
         with self._write() as conn:
             rows = conn.execute(
                 sa.select(
-                    tasks.c.id, tasks.c.lease_epoch, tasks.c.lease_owner,
-                    tasks.c.state, tasks.c.cancel_requested,
+                    tasks.c.id,
+                    tasks.c.lease_epoch,
+                    tasks.c.lease_owner,
+                    tasks.c.state,
+                    tasks.c.cancel_requested,
                 ).where(tasks.c.id.in_(list(wanted)))
             ).all()
             current = [
-                r for r in rows
-                if r.lease_epoch == wanted[r.id] and r.lease_owner == owner
+                r
+                for r in rows
+                if r.lease_epoch == wanted[r.id]
+                and r.lease_owner == owner
                 and r.state in _HELD
             ]
             if current:
@@ -262,22 +280,30 @@ class SqlStore(Store):
             state = {
                 r.id: r
                 for r in conn.execute(
-                    sa.select(tasks.c.id, tasks.c.state, tasks.c.lease_epoch,
-                              tasks.c.attempts)
-                    .where(tasks.c.id.in_(ids))
+                    sa.select(
+                        tasks.c.id, tasks.c.state, tasks.c.lease_epoch, tasks.c.attempts
+                    ).where(tasks.c.id.in_(ids))
                 )
             }
             current = {i: (TaskState(r.state), r.lease_epoch) for i, r in state.items()}
             event_rows: list[dict[str, Any]] = []
             for write in writes:
                 now_state, epoch = current.get(write.task_id, (None, None))
-                if epoch != write.epoch or now_state is None or now_state.value not in _HELD:
+                if (
+                    epoch != write.epoch
+                    or now_state is None
+                    or now_state.value not in _HELD
+                ):
                     refused.append(RefusedWrite(write, epoch, now_state))
                     log.warning(
                         "stale attempt write refused",
-                        extra={"action": "write_refused", "task_id": write.task_id,
-                               "write_epoch": write.epoch, "current_epoch": epoch,
-                               "state": now_state.value if now_state else None},
+                        extra={
+                            "action": "write_refused",
+                            "task_id": write.task_id,
+                            "write_epoch": write.epoch,
+                            "current_epoch": epoch,
+                            "state": now_state.value if now_state else None,
+                        },
                     )
                     continue
                 new_state = self._apply_one(conn, write, now_state, event_rows)
@@ -296,32 +322,51 @@ class SqlStore(Store):
         if isinstance(write, AttemptStarted):
             check_transition(state, TaskState.RUNNING)
             conn.execute(
-                tasks.update().where(tasks.c.id == write.task_id)
+                tasks.update()
+                .where(tasks.c.id == write.task_id)
                 .values(state=TaskState.RUNNING.value, updated_at=write.at)
             )
             conn.execute(
                 attempts.insert().values(
-                    task_id=write.task_id, number=write.attempt, epoch=write.epoch,
-                    worker=write.worker, started_at=write.at, pid=write.pid,
+                    task_id=write.task_id,
+                    number=write.attempt,
+                    epoch=write.epoch,
+                    worker=write.worker,
+                    started_at=write.at,
+                    pid=write.pid,
                 )
             )
             event_rows.append(
-                _state_event(write.task_id, write.attempt, write.at, "running",
-                             state.value, f"pid {write.pid}")
+                _state_event(
+                    write.task_id,
+                    write.attempt,
+                    write.at,
+                    "running",
+                    state.value,
+                    f"pid {write.pid}",
+                )
             )
             return TaskState.RUNNING
         if isinstance(write, AttemptEvents):
             if write.progress is not None:
                 done, total, message = write.progress
                 conn.execute(
-                    tasks.update().where(tasks.c.id == write.task_id).values(
-                        progress_done=done, progress_total=total,
+                    tasks.update()
+                    .where(tasks.c.id == write.task_id)
+                    .values(
+                        progress_done=done,
+                        progress_total=total,
                         progress_message=message,
                     )
                 )
             event_rows.extend(
-                {"task_id": write.task_id, "attempt": write.attempt, "at": at,
-                 "kind": kind, "data": json.dumps(data)}
+                {
+                    "task_id": write.task_id,
+                    "attempt": write.attempt,
+                    "at": at,
+                    "kind": kind,
+                    "data": json.dumps(data),
+                }
                 for at, kind, data in write.events
             )
             return state
@@ -357,29 +402,49 @@ class SqlStore(Store):
             values["max_attempts"] = tasks.c.max_attempts + 1
         conn.execute(tasks.update().where(tasks.c.id == write.task_id).values(**values))
         attempt_values = {
-            "ended_at": write.at, "outcome": write.outcome,
-            "exit_code": write.exit_code, "signal": write.signal,
-            "cpu_seconds": write.cpu_seconds, "peak_rss_kb": write.peak_rss_kb,
-            "stdout": write.stdout, "stderr": write.stderr,
-            "stdout_bytes": write.stdout_bytes, "stderr_bytes": write.stderr_bytes,
-            "events_dropped": write.events_dropped, "error": write.error,
+            "ended_at": write.at,
+            "outcome": write.outcome,
+            "exit_code": write.exit_code,
+            "signal": write.signal,
+            "cpu_seconds": write.cpu_seconds,
+            "peak_rss_kb": write.peak_rss_kb,
+            "stdout": write.stdout,
+            "stderr": write.stderr,
+            "stdout_bytes": write.stdout_bytes,
+            "stderr_bytes": write.stderr_bytes,
+            "events_dropped": write.events_dropped,
+            "error": write.error,
         }
         updated = conn.execute(
             attempts.update()
-            .where(attempts.c.task_id == write.task_id,
-                   attempts.c.number == write.attempt)
+            .where(
+                attempts.c.task_id == write.task_id, attempts.c.number == write.attempt
+            )
             .values(**attempt_values)
         )
         if updated.rowcount == 0:
             # The attempt never started (its process could not be launched).
-            conn.execute(attempts.insert().values(
-                task_id=write.task_id, number=write.attempt, epoch=write.epoch,
-                worker="", started_at=write.at, **attempt_values,
-            ))
+            conn.execute(
+                attempts.insert().values(
+                    task_id=write.task_id,
+                    number=write.attempt,
+                    epoch=write.epoch,
+                    worker="",
+                    started_at=write.at,
+                    **attempt_values,
+                )
+            )
         event_rows.append(
-            _state_event(write.task_id, write.attempt, write.at, target.value,
-                         state.value, write.error, outcome=write.outcome,
-                         not_before=write.not_before)
+            _state_event(
+                write.task_id,
+                write.attempt,
+                write.at,
+                target.value,
+                state.value,
+                write.error,
+                outcome=write.outcome,
+                not_before=write.not_before,
+            )
         )
         return target
 
@@ -404,8 +469,10 @@ class SqlStore(Store):
                 rescued.append(row.id)
                 self._rescue_one(conn, row, now)
         if rescued:
-            log.warning("expired leases rescued",
-                        extra={"action": "leases_rescued", "count": len(rescued)})
+            log.warning(
+                "expired leases rescued",
+                extra={"action": "leases_rescued", "count": len(rescued)},
+            )
         return rescued
 
     def _rescue_one(self, conn: Connection, row: Row[Any], now: float) -> None:
@@ -418,26 +485,42 @@ class SqlStore(Store):
             target, reason = TaskState.QUEUED, f"worker {row.lease_owner} lost"
         check_transition(TaskState(row.state), target)
         values: dict[str, Any] = {
-            "state": target.value, "updated_at": now, "lease_owner": None,
-            "lease_expires_at": None, "lease_epoch": row.lease_epoch + 1,
+            "state": target.value,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "lease_epoch": row.lease_epoch + 1,
         }
         if target in TERMINAL:
             values.update(finished_at=now, error=reason, error_kind="lost")
         conn.execute(tasks.update().where(tasks.c.id == row.id).values(**values))
         conn.execute(
             attempts.update()
-            .where(attempts.c.task_id == row.id, attempts.c.number == row.attempts,
-                   attempts.c.ended_at.is_(None))
+            .where(
+                attempts.c.task_id == row.id,
+                attempts.c.number == row.attempts,
+                attempts.c.ended_at.is_(None),
+            )
             .values(ended_at=now, outcome="lost", error=reason)
         )
-        conn.execute(events.insert().values(
-            _state_event(row.id, row.attempts, now, target.value, row.state, reason,
-                         outcome="lost")
-        ))
+        conn.execute(
+            events.insert().values(
+                _state_event(
+                    row.id,
+                    row.attempts,
+                    now,
+                    target.value,
+                    row.state,
+                    reason,
+                    outcome="lost",
+                )
+            )
+        )
 
     def attempts(self, task_id: str) -> list[AttemptRecord]:
         query = (
-            sa.select(attempts).where(attempts.c.task_id == task_id)
+            sa.select(attempts)
+            .where(attempts.c.task_id == task_id)
             .order_by(attempts.c.number)
         )
         with self._read() as conn:
@@ -452,8 +535,14 @@ class SqlStore(Store):
         )
         with self._read() as conn:
             return [
-                Event(id=r.id, task_id=r.task_id, attempt=r.attempt, at=r.at,
-                      kind=r.kind, data=json.loads(r.data))
+                Event(
+                    id=r.id,
+                    task_id=r.task_id,
+                    attempt=r.attempt,
+                    at=r.at,
+                    kind=r.kind,
+                    data=json.loads(r.data),
+                )
                 for r in conn.execute(query)
             ]
 
@@ -484,14 +573,23 @@ def _state_event(
     if reason:
         data["reason"] = reason
     data.update({k: v for k, v in extra.items() if v is not None})
-    return {"task_id": task_id, "attempt": attempt, "at": at, "kind": "state",
-            "data": json.dumps(data)}
+    return {
+        "task_id": task_id,
+        "attempt": attempt,
+        "at": at,
+        "kind": "state",
+        "data": json.dumps(data),
+    }
 
 
 def _service(row: Row[Any]) -> ServiceRecord:
     return ServiceRecord(
-        name=row.name, version=row.version, digest=row.digest, path=row.path,
-        manifest=json.loads(row.manifest), registered_at=row.registered_at,
+        name=row.name,
+        version=row.version,
+        digest=row.digest,
+        path=row.path,
+        manifest=json.loads(row.manifest),
+        registered_at=row.registered_at,
     )
 
 
@@ -500,3 +598,7 @@ def _task(row: Row[Any]) -> TaskRecord:
     values["state"] = TaskState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return TaskRecord(**values)
+
+
+def _unavailable(exc: sa.exc.OperationalError) -> StoreUnavailable:
+    return StoreUnavailable(f"the store is unavailable: {exc.orig}")

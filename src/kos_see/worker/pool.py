@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kos_see.config import EngineConfig
-from kos_see.errors import KosSeeError, ServiceChanged
+from kos_see.errors import ServiceChanged, StoreUnavailable
 from kos_see.models import (
     AttemptEvents,
     AttemptFinished,
@@ -81,8 +81,9 @@ class WorkerPool:
         self.rng = rng or random.Random()
         execution = config.execution
         self.slots = execution.max_concurrent_tasks
-        self.retry = RetryPolicy(config.queue.retry_backoff, config.queue.retry_base,
-                                 config.queue.retry_cap)
+        self.retry = RetryPolicy(
+            config.queue.retry_backoff, config.queue.retry_base, config.queue.retry_cap
+        )
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._writes: list[AttemptWrite] = []
@@ -101,28 +102,37 @@ class WorkerPool:
 
     def start(self) -> None:
         now = time.time()
-        rescued = self.store.rescue(now, foreign_owners_too=self.exclusive,
-                                    owner=self.owner)
+        rescued = self.store.rescue(
+            now, foreign_owners_too=self.exclusive, owner=self.owner
+        )
         if rescued:
-            log.info("tasks left by a stopped engine returned to the queue",
-                     extra={"action": "startup_rescue", "count": len(rescued)})
+            log.info(
+                "tasks left by a stopped engine returned to the queue",
+                extra={"action": "startup_rescue", "count": len(rescued)},
+            )
         for number in range(self.slots):
-            thread = threading.Thread(target=self._slot_loop, name=f"slot-{number}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._slot_loop, name=f"slot-{number}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
-        self._control_thread = threading.Thread(target=self._control_loop,
-                                                name="pool-control", daemon=True)
+        self._control_thread = threading.Thread(
+            target=self._control_loop, name="pool-control", daemon=True
+        )
         self._control_thread.start()
-        log.info("worker pool started", extra={
-            "action": "pool_started", "owner": self.owner, "slots": self.slots})
+        log.info(
+            "worker pool started",
+            extra={"action": "pool_started", "owner": self.owner, "slots": self.slots},
+        )
 
     def wake(self, reason: str = "submit") -> None:
         if reason == "cancel":
             self._cancel_check = True
         self._wake.set()
 
-    def add_flush_listener(self, listener: Callable[[list[AttemptWrite]], None]) -> None:
+    def add_flush_listener(
+        self, listener: Callable[[list[AttemptWrite]], None]
+    ) -> None:
         self._flush_listeners.append(listener)
 
     def shutdown(self, grace: float | None = None) -> None:
@@ -139,8 +149,10 @@ class WorkerPool:
         for running in still:
             running.control.stop("released")
         if still:
-            log.info("running attempts stopped for shutdown", extra={
-                "action": "attempts_released", "count": len(still)})
+            log.info(
+                "running attempts stopped for shutdown",
+                extra={"action": "attempts_released", "count": len(still)},
+            )
         limit = time.monotonic() + self.config.execution.kill_grace + 5
         while self.running_count() and time.monotonic() < limit:
             time.sleep(0.05)
@@ -153,8 +165,9 @@ class WorkerPool:
             self._control_thread.join(timeout=5)
         self._flush()
         self.runner.close()
-        log.info("worker pool stopped", extra={"action": "pool_stopped",
-                                               "owner": self.owner})
+        log.info(
+            "worker pool stopped", extra={"action": "pool_stopped", "owner": self.owner}
+        )
 
     def running_count(self) -> int:
         with self._lock:
@@ -176,7 +189,9 @@ class WorkerPool:
             try:
                 self._flush()
                 if self._stopping:
-                    if not self._threads or not any(t.is_alive() for t in self._threads):
+                    if not self._threads or not any(
+                        t.is_alive() for t in self._threads
+                    ):
                         return
                     continue
                 now_m = time.monotonic()
@@ -194,8 +209,9 @@ class WorkerPool:
             except Exception:
                 # The store may be briefly unavailable; nothing is lost, since
                 # unflushed writes stay queued and leases are retried.
-                log.exception("worker pool control step failed",
-                              extra={"action": "control_error"})
+                log.exception(
+                    "worker pool control step failed", extra={"action": "control_error"}
+                )
                 idle_until = time.monotonic() + 1.0
 
     def _lease_more(self) -> float:
@@ -205,8 +221,9 @@ class WorkerPool:
         if free <= 0:
             return time.monotonic() + IDLE_WAIT
         now = time.time()
-        leases = self.store.lease(self.owner, free, now,
-                                  self.config.execution.lease_seconds)
+        leases = self.store.lease(
+            self.owner, free, now, self.config.execution.lease_seconds
+        )
         for lease in leases:
             with self._lock:
                 self._idle -= 1
@@ -224,13 +241,16 @@ class WorkerPool:
             held = [(tid, r.lease.epoch) for tid, r in self._running.items()]
         if not held:
             return
-        renewal = self.store.renew(self.owner, held, time.time(),
-                                   self.config.execution.lease_seconds)
+        renewal = self.store.renew(
+            self.owner, held, time.time(), self.config.execution.lease_seconds
+        )
         with self._lock:
             for task_id in renewal.lost:
                 if task_id in self._running:
-                    log.warning("lease lost; stopping its attempt", extra={
-                        "action": "lease_lost", "task_id": task_id})
+                    log.warning(
+                        "lease lost; stopping its attempt",
+                        extra={"action": "lease_lost", "task_id": task_id},
+                    )
                     self._running[task_id].control.stop("lost")
             for task_id in renewal.cancel_requested:
                 if task_id in self._running:
@@ -249,22 +269,41 @@ class WorkerPool:
             return
         try:
             self.store.apply(batch)
-        except KosSeeError:
-            # One write is a bug (an illegal transition); apply the others alone.
-            log.exception("attempt write batch refused; applying one by one",
-                          extra={"action": "batch_refused", "size": len(batch)})
-            for write in batch:
-                try:
-                    self.store.apply([write])
-                except KosSeeError:
-                    log.exception("attempt write dropped", extra={
-                        "action": "write_dropped", "task_id": write.task_id})
-        except Exception:
+        except StoreUnavailable:
+            # Nothing was written; keep the batch, in order, for the next try.
             with self._lock:
                 self._writes[:0] = batch
             raise
+        except Exception:
+            # Some write cannot be stored at all (an engine bug); store the
+            # others one by one so that one bad write never blocks the rest.
+            log.exception(
+                "attempt write batch refused; applying one by one",
+                extra={"action": "batch_refused", "size": len(batch)},
+            )
+            for write in batch:
+                self._apply_alone(write)
         for listener in self._flush_listeners:
             listener(batch)
+
+    def _apply_alone(self, write: AttemptWrite) -> None:
+        try:
+            self.store.apply([write])
+        except StoreUnavailable:
+            with self._lock:
+                self._writes.append(write)
+            raise
+        except Exception:
+            # Dropped, and said so: the lease then expires and the rescuer
+            # returns the task to the queue, so the task itself is not lost.
+            log.exception(
+                "attempt write dropped",
+                extra={
+                    "action": "write_dropped",
+                    "task_id": write.task_id,
+                    "write": type(write).__name__,
+                },
+            )
 
     def _write(self, write: AttemptWrite) -> None:
         with self._lock:
@@ -283,11 +322,19 @@ class WorkerPool:
             try:
                 finished = self._attempt(lease, running.control)
             except Exception as exc:
-                log.exception("attempt failed inside the engine", extra={
-                    "action": "attempt_engine_error", "task_id": lease.task_id})
-                finished = self._finished(lease, AttemptOutcome(
-                    status="failed", retryable=True, error_kind="engine",
-                    error=f"the engine failed while running the attempt: {exc!r}"))
+                log.exception(
+                    "attempt failed inside the engine",
+                    extra={"action": "attempt_engine_error", "task_id": lease.task_id},
+                )
+                finished = self._finished(
+                    lease,
+                    AttemptOutcome(
+                        status="failed",
+                        retryable=True,
+                        error_kind="engine",
+                        error=f"the engine failed while running the attempt: {exc!r}",
+                    ),
+                )
             self._write(finished)
             with self._lock:
                 del self._running[lease.task_id]
@@ -297,30 +344,52 @@ class WorkerPool:
     def _attempt(self, lease: Lease, control: AttemptControl) -> AttemptFinished:
         task = lease.task
         if control.reason is not None:
-            return self._finished(lease, AttemptOutcome(
-                status=control.reason, error_kind=control.reason,
-                error=f"{control.reason} before its process started"))
+            return self._finished(
+                lease,
+                AttemptOutcome(
+                    status=control.reason,
+                    error_kind=control.reason,
+                    error=f"{control.reason} before its process started",
+                ),
+            )
         try:
             service, manifest = self._service(task.service, task.version)
         except ServiceChanged as exc:
-            return self._finished(lease, AttemptOutcome(
-                status="failed", retryable=False, error_kind="service_changed",
-                error=exc.message))
+            return self._finished(
+                lease,
+                AttemptOutcome(
+                    status="failed",
+                    retryable=False,
+                    error_kind="service_changed",
+                    error=exc.message,
+                ),
+            )
         spec = self._spec(lease, service.path, manifest)
 
         def started(pid: int, at: float) -> None:
-            self._write(AttemptStarted(task.id, lease.epoch, lease.attempt,
-                                       self.owner, pid, at))
+            self._write(
+                AttemptStarted(task.id, lease.epoch, lease.attempt, self.owner, pid, at)
+            )
 
         def events(batch, progress) -> None:  # type: ignore[no-untyped-def]
-            self._write(AttemptEvents(task.id, lease.epoch, lease.attempt, batch,
-                                      progress))
+            self._write(
+                AttemptEvents(task.id, lease.epoch, lease.attempt, batch, progress)
+            )
 
         outcome = self.runner.run(spec, control, started, events)
-        log.info("attempt ended", extra={
-            "action": "attempt_ended", "task_id": task.id, "attempt": lease.attempt,
-            "service": task.service, "tenant": task.tenant, "status": outcome.status,
-            "exit_code": outcome.exit_code, "cpu_seconds": outcome.cpu_seconds})
+        log.info(
+            "attempt ended",
+            extra={
+                "action": "attempt_ended",
+                "task_id": task.id,
+                "attempt": lease.attempt,
+                "service": task.service,
+                "tenant": task.tenant,
+                "status": outcome.status,
+                "exit_code": outcome.exit_code,
+                "cpu_seconds": outcome.cpu_seconds,
+            },
+        )
         return self._finished(lease, outcome)
 
     def _service(self, name: str, version: str) -> tuple[ServiceRecord, Manifest]:
@@ -352,19 +421,35 @@ class WorkerPool:
     def _finished(self, lease: Lease, outcome: AttemptOutcome) -> AttemptFinished:
         now = time.time()
         state, not_before = next_state(
-            outcome.status, outcome.retryable, lease.attempt, lease.task.max_attempts,
-            self.retry, now, self.rng,
+            outcome.status,
+            outcome.retryable,
+            lease.attempt,
+            lease.task.max_attempts,
+            self.retry,
+            now,
+            self.rng,
         )
         error = outcome.error
         if state == TaskState.DEAD:
             error = f"{error} (all {lease.task.max_attempts} attempts used)"
         return AttemptFinished(
-            task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, at=now,
-            outcome=outcome.status, next_state=state, not_before=not_before,
-            result=outcome.result, error=error, error_kind=outcome.error_kind,
-            exit_code=outcome.exit_code, signal=outcome.signal,
-            cpu_seconds=outcome.cpu_seconds, peak_rss_kb=outcome.peak_rss_kb,
-            stdout=outcome.stdout, stderr=outcome.stderr,
-            stdout_bytes=outcome.stdout_bytes, stderr_bytes=outcome.stderr_bytes,
+            task_id=lease.task_id,
+            epoch=lease.epoch,
+            attempt=lease.attempt,
+            at=now,
+            outcome=outcome.status,
+            next_state=state,
+            not_before=not_before,
+            result=outcome.result,
+            error=error,
+            error_kind=outcome.error_kind,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            cpu_seconds=outcome.cpu_seconds,
+            peak_rss_kb=outcome.peak_rss_kb,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            stdout_bytes=outcome.stdout_bytes,
+            stderr_bytes=outcome.stderr_bytes,
             events_dropped=outcome.events_dropped,
         )

@@ -4,9 +4,9 @@ A service may start a grandchild that leaves its group (``setsid``) and
 outlives the attempt. The serving process declares itself a child subreaper,
 so such orphans are re-parented to it rather than to init; a sweep then finds
 its children that carry an attempt's ``KOS_SEE_TASK_ID`` but belong to no
-running attempt, kills them and reaps them. A process that also scrubbed its
-environment before escaping is not recognised; cgroups close that gap where
-the host offers them.
+running attempt, kills them and reaps them. A process that escaped
+with neither the attempt's environment nor its working directory is not
+recognised; cgroups close that gap where the host offers them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 from collections.abc import Collection
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 _MARK = b"KOS_SEE_TASK_ID="
+_WORKDIR = re.compile(r"^([0-9a-f]{24})-\d+$")
 
 
 def become_subreaper() -> bool:
@@ -44,7 +46,9 @@ class OrphanSweeper:
     def __init__(self) -> None:
         self._zombies: set[int] = set()
 
-    def sweep(self, active_tasks: Collection[str], parents: Collection[int] = ()) -> int:
+    def sweep(
+        self, active_tasks: Collection[str], parents: Collection[int] = ()
+    ) -> int:
         """Sweep our own children and those of ``parents`` (such as a fork
         server, which reaps its children itself)."""
         me = os.getpid()
@@ -75,15 +79,19 @@ class OrphanSweeper:
             os.kill(pid, signal.SIGKILL)
         if reap:
             return self._reap(pid, task_id)
-        log.warning("escaped process of an ended attempt killed",
-                    extra={"action": "orphan_killed", "pid": pid, "task_id": task_id})
+        log.warning(
+            "escaped process of an ended attempt killed",
+            extra={"action": "orphan_killed", "pid": pid, "task_id": task_id},
+        )
         return 1
 
     def _reap(self, pid: int, task_id: str) -> int:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        log.warning("escaped process of an ended attempt killed",
-                    extra={"action": "orphan_killed", "pid": pid, "task_id": task_id})
+        log.warning(
+            "escaped process of an ended attempt killed",
+            extra={"action": "orphan_killed", "pid": pid, "task_id": task_id},
+        )
         return 1
 
 
@@ -116,6 +124,10 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _task_of(pid: int) -> str | None:
+    """The task a process belongs to: from the environment it was started
+    with, or else from its working directory (an attempt's is named
+    ``<task id>-<attempt>``). A child forked by the fork server never exec'd,
+    so its recorded environment is the server's; the directory tells then."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as handle:
             environ = handle.read()
@@ -124,4 +136,9 @@ def _task_of(pid: int) -> str | None:
     for item in environ.split(b"\0"):
         if item.startswith(_MARK):
             return item[len(_MARK) :].decode(errors="replace")
-    return None
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    match = _WORKDIR.match(os.path.basename(cwd.removesuffix(" (deleted)")))
+    return match.group(1) if match else None

@@ -60,20 +60,33 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.Float),
     )
     op.create_index(
-        "ix_tasks_ready", "tasks", [sa.text("priority DESC"), "created_at"],
-        sqlite_where=_queued, postgresql_where=_queued,
+        "ix_tasks_ready",
+        "tasks",
+        [sa.text("priority DESC"), "created_at"],
+        sqlite_where=_queued,
+        postgresql_where=_queued,
     )
     op.create_index(
-        "ix_tasks_idempotency", "tasks", ["tenant", "idempotency_key"], unique=True,
-        sqlite_where=_keyed, postgresql_where=_keyed,
+        "ix_tasks_idempotency",
+        "tasks",
+        ["tenant", "idempotency_key"],
+        unique=True,
+        sqlite_where=_keyed,
+        postgresql_where=_keyed,
     )
     op.create_index(
-        "ix_tasks_leased", "tasks", ["lease_expires_at"],
-        sqlite_where=_held, postgresql_where=_held,
+        "ix_tasks_leased",
+        "tasks",
+        ["lease_expires_at"],
+        sqlite_where=_held,
+        postgresql_where=_held,
     )
     op.create_index(
-        "ix_tasks_due", "tasks", ["not_before"],
-        sqlite_where=_queued, postgresql_where=_queued,
+        "ix_tasks_due",
+        "tasks",
+        ["not_before"],
+        sqlite_where=_queued,
+        postgresql_where=_queued,
     )
     op.create_index("ix_tasks_state_created", "tasks", ["state", "created_at"])
     op.create_table(
