@@ -82,6 +82,7 @@ class Dispatcher:
         self.registry = registry
         self.config = config
         self.notify = notify or (lambda _reason: None)
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
 
     def submit(self, request: SubmitRequest, now: float | None = None) -> Submitted:
         now = time.time() if now is None else now
@@ -160,7 +161,7 @@ class Dispatcher:
                 "data as a file the service reads, not inline",
                 [{"path": "$", "message": "too large"}],
             )
-        validator = jsonschema.Draft202012Validator(schema)
+        validator = self._validator(ref, schema)
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
         if errors:
             violations = [{"path": e.json_path, "message": e.message} for e in errors]
@@ -169,6 +170,17 @@ class Dispatcher:
                 f"input for {ref} violates its schema: {listed}", violations
             )
         return text
+
+    def _validator(
+        self, ref: str, schema: dict[str, Any]
+    ) -> jsonschema.Draft202012Validator:
+        # Building a validator costs more than most validations; a registered
+        # version's schema never changes, so one per version is kept.
+        validator = self._validators.get(ref)
+        if validator is None:
+            validator = jsonschema.Draft202012Validator(schema)
+            self._validators[ref] = validator
+        return validator
 
     def _priority(self, priority: int | None) -> int:
         if priority is None:

@@ -46,12 +46,25 @@ def content_digest(folder: Path) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-def stat_signature(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
-    """Cheap fingerprint of every digested file: path, inode, size, mtime and
-    ctime. The ctime matters: tools that restore an mtime after an edit
-    (``cp -p``, ``rsync -a``, ``tar x``) cannot restore it."""
+def service_dirs(folder: Path) -> list[Path]:
+    """The folders whose entries the digest covers; adding, removing or
+    renaming a file changes one of their modification times."""
+    dirs = [folder]
+    for root, names, _files in os.walk(folder):
+        names[:] = sorted(d for d in names if d not in _SKIPPED_DIRS and d[0] != ".")
+        dirs.extend(Path(root, d) for d in names)
+    return dirs
+
+
+Signature = tuple[tuple[int, int, int, int], ...]
+
+
+def stat_signature(paths: list[Path]) -> Signature:
+    """Cheap fingerprint of ``paths``: inode, size, mtime and ctime of each.
+    The ctime matters: tools that restore an mtime after an edit (``cp -p``,
+    ``rsync -a``, ``tar x``) cannot restore it."""
     out = []
-    for path in service_files(folder):
-        st = path.stat()
-        out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    for path in paths:
+        st = os.stat(path)
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)

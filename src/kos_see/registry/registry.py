@@ -19,7 +19,13 @@ from kos_see.errors import (
     ServiceNotFound,
 )
 from kos_see.models import ServiceRecord
-from kos_see.registry.digest import content_digest, stat_signature
+from kos_see.registry.digest import (
+    Signature,
+    content_digest,
+    service_dirs,
+    service_files,
+    stat_signature,
+)
 from kos_see.registry.manifest import Manifest, load_manifest
 from kos_see.store import Store
 
@@ -35,7 +41,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._verified: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._verified: dict[tuple[str, str], tuple[list[Path], Signature]] = {}
         self._resolved: dict[tuple[str, str], tuple[ServiceRecord, Manifest]] = {}
         self._lock = threading.Lock()
 
@@ -71,7 +77,11 @@ class Registry:
     def resolve(self, ref: str) -> tuple[ServiceRecord, Manifest]:
         """The registered version ``ref`` names, its files checked unchanged."""
         name, version = parse_ref(ref)
-        cached = self._resolved.get((name, version)) if version else None
+        if version is None:
+            version = self.store.latest_version(name)
+            if version is None:
+                raise ServiceNotFound(self._not_found(name, None), service=ref)
+        cached = self._resolved.get((name, version))
         if cached is None:
             record = self.store.get_service(name, version)
             if record is None:
@@ -83,19 +93,34 @@ class Registry:
         return cached
 
     def verify(self, record: ServiceRecord) -> None:
-        folder = Path(record.path)
+        """Refuse a service whose files differ from its registered digest.
+
+        Re-hashing happens only when a stat of the files and folders seen at
+        the last check differs, so the common case costs a few stat calls.
+        """
         key = (record.name, record.version)
+        with self._lock:
+            known = self._verified.get(key)
+        if known is not None:
+            paths, signature = known
+            try:
+                if stat_signature(paths) == signature:
+                    return
+            except OSError:
+                pass  # a file went away: the full check below says what
+        self._verify_content(record)
+
+    def _verify_content(self, record: ServiceRecord) -> None:
+        folder = Path(record.path)
         try:
-            signature = stat_signature(folder)
+            paths = service_dirs(folder) + service_files(folder)
+            signature = stat_signature(paths)
+            digest = content_digest(folder)
         except (OSError, ManifestError) as exc:
             raise ServiceChanged(
                 f"{record.ref} cannot be read at {folder}: {exc}",
                 service=record.ref,
             ) from exc
-        with self._lock:
-            if self._verified.get(key) == signature:
-                return
-        digest = content_digest(folder)
         if digest != record.digest:
             raise ServiceChanged(
                 f"{record.ref}: the files in {folder} changed since it was "
@@ -105,7 +130,7 @@ class Registry:
                 service=record.ref,
             )
         with self._lock:
-            self._verified[key] = signature
+            self._verified[(record.name, record.version)] = (paths, signature)
 
     def list(self) -> list[ServiceRecord]:
         return self.store.list_services()

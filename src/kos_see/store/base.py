@@ -61,6 +61,10 @@ class Store(ABC):
         """One version, or with ``version=None`` the latest registered."""
 
     @abstractmethod
+    def latest_version(self, name: str) -> str | None:
+        """The most recently registered version of ``name``."""
+
+    @abstractmethod
     def list_services(self) -> list[ServiceRecord]: ...
 
     # tasks
