@@ -83,9 +83,25 @@ class QueueConfig(_Section):
     default_class: Literal["realtime", "batch"] = "batch"
     priority_min: int = -100
     priority_max: int = 100
+    # Within a tenant, one priority point is worth this much waiting: a task
+    # of priority p runs before one of priority p+1 that came more than this
+    # much later, so low priorities still run within a bound.
+    aging: Seconds = 60.0
+    # Fair share between tenants inside each class (weighted, by virtual time).
+    fair_share: bool = True
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    default_weight: float = Field(1.0, gt=0)
+    # While realtime work waits, batch still gets at least this share of
+    # dispatches, so it never starves.
+    batch_min_share: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ranges(self) -> QueueConfig:
+        for tenant, weight in self.tenant_weights.items():
+            if not weight > 0:
+                raise ValueError(
+                    f"queue.tenant_weights.{tenant} must be above 0 (got {weight})"
+                )
         if self.priority_min > self.priority_max:
             raise ValueError(
                 f"queue.priority_min ({self.priority_min}) is above "
@@ -110,6 +126,32 @@ class SecurityConfig(_Section):
     )
 
 
+class TenantQuota(_Section):
+    # Tasks of the tenant leased or running at once; None: no limit.
+    max_running: int | None = Field(None, ge=1)
+    # CPU seconds its attempts may use per quotas.window; None: no limit.
+    cpu_seconds: float | None = Field(None, gt=0)
+
+
+class QuotaConfig(_Section):
+    window: Seconds = Field(3600.0, gt=0)
+    default: TenantQuota = TenantQuota()
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict)
+    # Tasks of a service (by name) leased or running at once.
+    services: dict[str, int] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant: str) -> TenantQuota:
+        return self.tenants.get(tenant, self.default)
+
+
+class SchedulesConfig(_Section):
+    # How often the scheduler looks for due fire times.
+    tick: Seconds = Field(1.0, gt=0)
+    # Fires missed while no engine ran: "catch_up_once" makes one task for
+    # the latest missed fire time, "skip" makes none. A schedule may override.
+    misfire: Literal["catch_up_once", "skip"] = "catch_up_once"
+
+
 class TelemetryConfig(_Section):
     enable_metrics: bool = True
     provider: Literal["prometheus", "none"] = "prometheus"
@@ -130,6 +172,8 @@ class EngineConfig(_Section):
     queue: QueueConfig = QueueConfig()
     security: SecurityConfig = SecurityConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    quotas: QuotaConfig = QuotaConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -32,7 +32,8 @@ from kos_see.store import Store
 
 log = logging.getLogger(__name__)
 
-QUEUE_CLASSES = ("realtime", "batch", "deferred")
+QUEUE_CLASSES = ("realtime", "batch", "deferred", "scheduled")
+RUN_CLASSES = ("realtime", "batch")
 MAX_INPUT_BYTES = 1024 * 1024
 
 Notifier = Callable[[str], None]
@@ -48,6 +49,7 @@ class SubmitRequest:
     queue_class: str | None = None
     not_before: float | None = None
     idempotency_key: str | None = None
+    schedule: str | None = None  # set by the scheduler for the tasks it makes
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class Dispatcher:
         now = time.time() if now is None else now
         record, manifest = self.registry.resolve(request.service)
         input_text = self._check_input(request.input, manifest.input_schema, record.ref)
+        queue_class, run_class = self._classes(request, manifest.queue_class, now)
+        priority = self._priority(request.priority)
+        not_before = max(now, request.not_before or now)
         new = NewTask(
             id=new_task_id(),
             service=record.name,
@@ -95,12 +100,16 @@ class Dispatcher:
             digest=record.digest,
             tenant=request.tenant,
             principal=request.principal,
-            queue_class=self._queue_class(request, manifest.queue_class, now),
-            priority=self._priority(request.priority),
+            queue_class=queue_class,
+            lane="deferred" if not_before > now else run_class,
+            run_class=run_class,
+            priority=priority,
+            rank_at=now - priority * self.config.queue.aging,
+            schedule=request.schedule,
             input=input_text,
             input_digest=digest_text(input_text),
             idempotency_key=request.idempotency_key,
-            not_before=max(now, request.not_before or now),
+            not_before=not_before,
             timeout=manifest.timeout or self.config.execution.worker_timeout,
             max_attempts=1
             + (
@@ -192,28 +201,33 @@ class Dispatcher:
             )
         return priority
 
-    def _queue_class(
+    def _classes(
         self, request: SubmitRequest, default: str | None, now: float
-    ) -> str:
+    ) -> tuple[str, str]:
+        """The queue class as asked, and the run class (realtime or batch)
+        that orders the task once it is due."""
         if request.not_before is not None and not math.isfinite(request.not_before):
             raise RequestRefused(
                 f"not-before time {request.not_before!r} is not a time"
             )
-        chosen = request.queue_class
-        if (
-            chosen is None
-            and request.not_before is not None
-            and request.not_before > now
-        ):
-            chosen = "deferred"
-        chosen = chosen or default or self.config.queue.default_class
-        if chosen not in QUEUE_CLASSES:
+        asked = request.queue_class
+        if asked is not None and asked not in QUEUE_CLASSES:
             raise RequestRefused(
-                f"unknown queue class {chosen!r}; use one of {', '.join(QUEUE_CLASSES)}"
+                f"unknown queue class {asked!r}; use one of {', '.join(QUEUE_CLASSES)}"
             )
-        if chosen == "deferred" and request.not_before is None:
+        if asked == "deferred" and request.not_before is None:
             raise RequestRefused("queue class 'deferred' needs a not-before time")
-        return chosen
+        run_class = default or self.config.queue.default_class
+        if asked in RUN_CLASSES:
+            run_class = asked
+        if asked is None:
+            deferred = request.not_before is not None and request.not_before > now
+            asked = (
+                "scheduled"
+                if request.schedule
+                else ("deferred" if deferred else run_class)
+            )
+        return asked, run_class
 
     def _check_same_request(self, task: TaskRecord, new: NewTask) -> None:
         if (task.service, task.version, task.input_digest) != (

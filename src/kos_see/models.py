@@ -40,8 +40,12 @@ class NewTask:
     digest: str
     tenant: str
     principal: str
-    queue_class: str
+    queue_class: str  # as asked: realtime, batch, deferred or scheduled
+    lane: str  # where it waits now: its run class, or deferred until not_before
+    run_class: str  # realtime or batch: how it is ordered once due
     priority: int
+    rank_at: float
+    schedule: str | None
     input: str  # canonical JSON text
     input_digest: str
     idempotency_key: str | None
@@ -60,7 +64,11 @@ class TaskRecord:
     tenant: str
     principal: str
     queue_class: str
+    lane: str
+    run_class: str
     priority: int
+    rank_at: float
+    schedule: str | None
     input: str
     input_digest: str
     idempotency_key: str | None
@@ -104,6 +112,8 @@ class TaskRecord:
             "tenant": self.tenant,
             "principal": self.principal,
             "queue_class": self.queue_class,
+            "run_class": self.run_class,
+            "schedule": self.schedule,
             "priority": self.priority,
             "state": self.state.value,
             "attempts": self.attempts,

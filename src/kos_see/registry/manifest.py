@@ -62,6 +62,8 @@ class Manifest(BaseModel):
     timeout: Seconds | None = None  # None: execution.worker_timeout
     retry_limit: int | None = Field(None, ge=0, le=1000)  # None: queue.retry_limit
     queue_class: Literal["realtime", "batch"] | None = None
+    # Attempts of this service running at once across the engine; None: no limit.
+    max_concurrent: int | None = Field(None, ge=1)
     limits: Limits = Limits()
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
 

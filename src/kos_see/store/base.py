@@ -19,6 +19,7 @@ from kos_see.models import (
     ServiceRecord,
     TaskRecord,
 )
+from kos_see.queue.fair import Rules
 from kos_see.states import TaskState
 
 
@@ -88,13 +89,28 @@ class Store(ABC):
     @abstractmethod
     def state_counts(self) -> dict[str, int]: ...
 
+    @abstractmethod
+    def retry_task(self, task_id: str, now: float) -> TaskRecord:
+        """Requeue a dead task (an operator's retry) with a fresh attempt
+        budget. Raises TaskNotFound, or RequestRefused if it is not dead."""
+
+    @abstractmethod
+    def cpu_used(self, since: float) -> dict[str, float]:
+        """CPU seconds of attempts that ended since ``since``, per tenant."""
+
     # leases and attempts
 
     @abstractmethod
     def lease(
-        self, owner: str, limit: int, now: float, lease_seconds: float
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        rules: Rules | None = None,
     ) -> list[Lease]:
-        """Claim up to ``limit`` ready tasks, best first, each with a new epoch."""
+        """Claim up to ``limit`` ready tasks in the queue manager's order
+        (``queue.fair``) under ``rules``, each with a new epoch."""
 
     @abstractmethod
     def renew(

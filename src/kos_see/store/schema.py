@@ -35,7 +35,14 @@ tasks = sa.Table(
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("principal", sa.String(128), nullable=False),
     sa.Column("queue_class", sa.String(16), nullable=False),
+    # Where a queued task waits: its run class, or "deferred" until not_before.
+    sa.Column("lane", sa.String(16), nullable=False),
+    sa.Column("run_class", sa.String(16), nullable=False),  # realtime or batch
     sa.Column("priority", sa.Integer, nullable=False),
+    # Order within a tenant: created_at less priority times the aging interval,
+    # so that each priority point is worth a fixed time of waiting.
+    sa.Column("rank_at", sa.Float, nullable=False),
+    sa.Column("schedule", sa.String(64)),
     sa.Column("input", sa.Text, nullable=False),
     sa.Column("input_digest", sa.String(80), nullable=False),
     sa.Column("idempotency_key", sa.String(200)),
@@ -59,12 +66,13 @@ tasks = sa.Table(
     sa.Column("finished_at", sa.Float),
 )
 
-# Leasing reads only queued rows in this order, so the index holds only them:
-# it stays small however many finished rows pile up.
+# Leasing reads only queued rows, by lane, tenant and rank, so the index holds
+# only them: it stays small however many finished rows pile up.
 sa.Index(
     "ix_tasks_ready",
-    tasks.c.priority.desc(),
-    tasks.c.created_at,
+    tasks.c.lane,
+    tasks.c.tenant,
+    tasks.c.rank_at,
     sqlite_where=tasks.c.state == "queued",
     postgresql_where=tasks.c.state == "queued",
 )
@@ -82,11 +90,12 @@ sa.Index(
     sqlite_where=tasks.c.state.in_(["leased", "running"]),
     postgresql_where=tasks.c.state.in_(["leased", "running"]),
 )
+# Deferred tasks (and retries waiting out their backoff) by due time.
 sa.Index(
     "ix_tasks_due",
     tasks.c.not_before,
-    sqlite_where=tasks.c.state == "queued",
-    postgresql_where=tasks.c.state == "queued",
+    sqlite_where=sa.and_(tasks.c.state == "queued", tasks.c.lane == "deferred"),
+    postgresql_where=sa.and_(tasks.c.state == "queued", tasks.c.lane == "deferred"),
 )
 sa.Index("ix_tasks_state_created", tasks.c.state, tasks.c.created_at)
 
@@ -124,3 +133,39 @@ events = sa.Table(
     sa.Column("data", sa.Text, nullable=False),
 )
 sa.Index("ix_events_task", events.c.task_id, events.c.id)
+
+# Fair share: each tenant's finish tag per lane (start-time fair queueing).
+fair_share = sa.Table(
+    "fair_share",
+    metadata,
+    sa.Column("lane", sa.String(16), primary_key=True),
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("finish_tag", sa.Float, nullable=False),
+)
+
+# Small shared scheduling state: each lane's virtual time, the batch credit.
+queue_state = sa.Table(
+    "queue_state",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("cron", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("service", sa.String(130), nullable=False),  # NAME or NAME@VERSION
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("principal", sa.String(128), nullable=False),
+    sa.Column("priority", sa.Integer),
+    sa.Column("queue_class", sa.String(16)),
+    sa.Column("misfire", sa.String(16), nullable=False),  # catch_up_once or skip
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("next_fire_at", sa.Float),  # the next nominal fire time, UTC seconds
+    sa.Column("last_fire_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
 
-from kos_see.errors import StoreUnavailable, TaskNotFound
+from kos_see.errors import RequestRefused, StoreUnavailable, TaskNotFound
 from kos_see.models import (
     AttemptEvents,
     AttemptFinished,
@@ -30,13 +30,37 @@ from kos_see.models import (
     ServiceRecord,
     TaskRecord,
 )
+from kos_see.queue.fair import LANES, Candidate, Plan, Rules, Snapshot, plan
 from kos_see.states import TERMINAL, TaskState, check_transition
 from kos_see.store.base import RefusedWrite, Renewal, Store, TaskFilter
-from kos_see.store.schema import attempts, events, services, tasks
+from kos_see.store.schema import (
+    attempts,
+    events,
+    fair_share,
+    queue_state,
+    services,
+    tasks,
+)
 
 log = logging.getLogger(__name__)
 
 _HELD = (TaskState.LEASED.value, TaskState.RUNNING.value)
+
+# The distinct tenants with queued tasks in a lane, one index probe each.
+_ACTIVE_TENANTS = sa.text(
+    """
+    WITH RECURSIVE lane_tenants(tenant) AS (
+        SELECT min(tenant) FROM tasks WHERE state = 'queued' AND lane = :lane
+        UNION ALL
+        SELECT (
+            SELECT min(tenant) FROM tasks
+            WHERE state = 'queued' AND lane = :lane AND tenant > lane_tenants.tenant
+        )
+        FROM lane_tenants WHERE lane_tenants.tenant IS NOT NULL
+    )
+    SELECT tenant FROM lane_tenants WHERE tenant IS NOT NULL
+    """
+)
 _WAITING = (TaskState.RECEIVED.value, TaskState.QUEUED.value)
 
 
@@ -191,6 +215,46 @@ class SqlStore(Store):
             )
         )
 
+    def retry_task(self, task_id: str, now: float) -> TaskRecord:
+        with self._write() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            if row is None:
+                raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
+            if row.state != TaskState.DEAD.value:
+                raise RequestRefused(
+                    f"task {task_id} is {row.state}; only dead tasks are retried "
+                    "(submit a new task to run it again)",
+                    task_id=task_id,
+                )
+            check_transition(TaskState.DEAD, TaskState.QUEUED)
+            # A fresh budget: as many attempts again as the task had.
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id)
+                .values(
+                    state=TaskState.QUEUED.value,
+                    lane=row.run_class,
+                    not_before=now,
+                    updated_at=now,
+                    finished_at=None,
+                    max_attempts=row.attempts + row.max_attempts,
+                )
+            )
+            conn.execute(
+                events.insert().values(
+                    _state_event(
+                        task_id,
+                        row.attempts,
+                        now,
+                        "queued",
+                        "dead",
+                        "retried by an operator",
+                    )
+                )
+            )
+            updated = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one()
+        return _task(updated)
+
     def state_counts(self) -> dict[str, int]:
         query = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
         with self._read() as conn:
@@ -199,21 +263,167 @@ class SqlStore(Store):
     # leases
 
     def lease(
-        self, owner: str, limit: int, now: float, lease_seconds: float
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        rules: Rules | None = None,
     ) -> list[Lease]:
         if limit <= 0:
             return []
-        ready = (
-            sa.select(tasks.c.id)
-            .where(tasks.c.state == TaskState.QUEUED.value, tasks.c.not_before <= now)
-            .order_by(tasks.c.priority.desc(), tasks.c.created_at)
-            .limit(limit)
-            .scalar_subquery()
-        )
+        rules = rules or Rules()
         expires = now + lease_seconds
+        with self._write() as conn:
+            self._promote_due(conn, now)
+            snapshot = self._snapshot(conn, limit, now, rules)
+            chosen = plan(snapshot, rules.policy, limit)
+            if not chosen.chosen:
+                return []
+            claimed = self._claim(
+                conn, [c.task_id for c in chosen.chosen], owner, now, expires
+            )
+            self._save_fairness(conn, snapshot, chosen)
+        order = {c.task_id: i for i, c in enumerate(chosen.chosen)}
+        claimed.sort(key=lambda t: order[t.id])
+        return [
+            Lease(
+                task=t,
+                epoch=t.lease_epoch,
+                attempt=t.attempts,
+                owner=owner,
+                expires_at=expires,
+            )
+            for t in claimed
+        ]
+
+    def _promote_due(self, conn: Connection, now: float) -> None:
+        """Deferred tasks whose time has come join their run class's lane."""
+        conn.execute(
+            tasks.update()
+            .where(
+                tasks.c.state == TaskState.QUEUED.value,
+                tasks.c.lane == "deferred",
+                tasks.c.not_before <= now,
+            )
+            .values(lane=tasks.c.run_class)
+        )
+
+    def _snapshot(
+        self, conn: Connection, limit: int, now: float, rules: Rules
+    ) -> Snapshot:
+        heads: dict[str, dict[str, list[Candidate]]] = {}
+        for lane in LANES:
+            heads[lane] = {
+                tenant: self._heads(conn, lane, tenant, limit)
+                for tenant in self._active_tenants(conn, lane)
+            }
+        active = {t for lane in heads.values() for t in lane}
+        if not active:
+            return Snapshot(heads=heads)
+        by_tenant, by_service = self._running_counts(conn)
+        return Snapshot(
+            heads=heads,
+            finish_tags=self._finish_tags(conn, active),
+            virtual_time={
+                lane: self._state_value(conn, f"vtime:{lane}") for lane in LANES
+            },
+            batch_credit=self._state_value(conn, "batch_credit"),
+            running_by_tenant=by_tenant,
+            running_by_service=by_service,
+            tenant_limits={
+                t: m for t in active if (m := rules.max_running(t)) is not None
+            },
+            service_limits=dict(rules.service_limits),
+            cpu_blocked=self._cpu_blocked(conn, active, now, rules),
+        )
+
+    def _active_tenants(self, conn: Connection, lane: str) -> list[str]:
+        # A loose index scan: one index probe per distinct tenant, however
+        # many tasks each tenant has queued.
+        return [row[0] for row in conn.execute(_ACTIVE_TENANTS, {"lane": lane})]
+
+    def _heads(
+        self, conn: Connection, lane: str, tenant: str, limit: int
+    ) -> list[Candidate]:
+        rows = conn.execute(
+            sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
+            .where(
+                tasks.c.state == TaskState.QUEUED.value,
+                tasks.c.lane == lane,
+                tasks.c.tenant == tenant,
+            )
+            .order_by(tasks.c.rank_at, tasks.c.id)
+            .limit(limit)
+        )
+        return [Candidate(r.id, tenant, r.service, r.rank_at) for r in rows]
+
+    def _running_counts(
+        self, conn: Connection
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        rows = conn.execute(
+            sa.select(tasks.c.tenant, tasks.c.service, sa.func.count())
+            .where(tasks.c.state.in_(_HELD))
+            .group_by(tasks.c.tenant, tasks.c.service)
+        )
+        by_tenant: dict[str, int] = {}
+        by_service: dict[str, int] = {}
+        for tenant, service, count in rows:
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + count
+            by_service[service] = by_service.get(service, 0) + count
+        return by_tenant, by_service
+
+    def _finish_tags(
+        self, conn: Connection, tenants: set[str]
+    ) -> dict[tuple[str, str], float]:
+        rows = conn.execute(
+            sa.select(fair_share).where(fair_share.c.tenant.in_(sorted(tenants)))
+        )
+        return {(r.lane, r.tenant): r.finish_tag for r in rows}
+
+    def _state_value(self, conn: Connection, key: str) -> float:
+        value = conn.execute(
+            sa.select(queue_state.c.value).where(queue_state.c.key == key)
+        ).scalar()
+        return 0.0 if value is None else value
+
+    def cpu_used(self, since: float) -> dict[str, float]:
+        """CPU seconds of attempts that ended since ``since``, per tenant."""
+        with self._read() as conn:
+            return self._cpu_used(conn, since)
+
+    def _cpu_used(self, conn: Connection, since: float) -> dict[str, float]:
+        rows = conn.execute(
+            sa.select(tasks.c.tenant, sa.func.sum(attempts.c.cpu_seconds))
+            .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
+            .where(attempts.c.ended_at >= since)
+            .group_by(tasks.c.tenant)
+        )
+        return {tenant: used or 0.0 for tenant, used in rows}
+
+    def _cpu_blocked(
+        self, conn: Connection, tenants: set[str], now: float, rules: Rules
+    ) -> frozenset[str]:
+        if not rules.has_cpu_quotas:
+            return frozenset()
+        used = self._cpu_used(conn, now - rules.cpu_window)
+        return frozenset(
+            t
+            for t in tenants
+            if (quota := rules.cpu_quota(t)) is not None and used.get(t, 0.0) >= quota
+        )
+
+    def _claim(
+        self,
+        conn: Connection,
+        ids: list[str],
+        owner: str,
+        now: float,
+        expires: float,
+    ) -> list[TaskRecord]:
         claim = (
             tasks.update()
-            .where(tasks.c.id.in_(ready), tasks.c.state == TaskState.QUEUED.value)
+            .where(tasks.c.id.in_(ids), tasks.c.state == TaskState.QUEUED.value)
             .values(
                 state=TaskState.LEASED.value,
                 lease_owner=owner,
@@ -225,27 +435,33 @@ class SqlStore(Store):
             )
             .returning(*tasks.c)
         )
-        with self._write() as conn:
-            rows = [_task(row) for row in conn.execute(claim)]
-            if rows:
-                conn.execute(
-                    events.insert(),
-                    [
-                        _state_event(t.id, t.attempts, now, "leased", "queued", owner)
-                        for t in rows
-                    ],
-                )
-        rows.sort(key=lambda t: (-t.priority, t.created_at))
-        return [
-            Lease(
-                task=t,
-                epoch=t.lease_epoch,
-                attempt=t.attempts,
-                owner=owner,
-                expires_at=expires,
+        claimed = [_task(row) for row in conn.execute(claim)]
+        if claimed:
+            conn.execute(
+                events.insert(),
+                [
+                    _state_event(t.id, t.attempts, now, "leased", "queued", owner)
+                    for t in claimed
+                ],
             )
-            for t in rows
-        ]
+        return claimed
+
+    def _save_fairness(
+        self, conn: Connection, snapshot: Snapshot, chosen: Plan
+    ) -> None:
+        changed_tags = {
+            key: tag
+            for key, tag in chosen.finish_tags.items()
+            if snapshot.finish_tags.get(key) != tag
+        }
+        for (lane, tenant), tag in changed_tags.items():
+            _upsert(
+                conn, fair_share, {"lane": lane, "tenant": tenant}, {"finish_tag": tag}
+            )
+        values = {f"vtime:{lane}": v for lane, v in chosen.virtual_time.items()}
+        values["batch_credit"] = chosen.batch_credit
+        for key, value in values.items():
+            _upsert(conn, queue_state, {"key": key}, {"value": value})
 
     def renew(
         self,
@@ -409,8 +625,11 @@ class SqlStore(Store):
             values["result"] = write.result
         if terminal:
             values["finished_at"] = write.at
-        if write.not_before is not None:
-            values["not_before"] = write.not_before
+        if target == TaskState.QUEUED:
+            # Back to its own lane, or to the deferred lane until its backoff ends.
+            delayed = write.not_before is not None and write.not_before > write.at
+            values["lane"] = "deferred" if delayed else tasks.c.run_class
+            values["not_before"] = write.not_before if delayed else write.at
         if write.outcome == "released":
             # Not the task's fault: the attempt it was given back does not count
             # against its budget (attempt numbers still only grow).
@@ -465,7 +684,7 @@ class SqlStore(Store):
 
     def next_ready_at(self) -> float | None:
         query = sa.select(sa.func.min(tasks.c.not_before)).where(
-            tasks.c.state == TaskState.QUEUED.value
+            tasks.c.state == TaskState.QUEUED.value, tasks.c.lane == "deferred"
         )
         with self._read() as conn:
             return conn.execute(query).scalar()
@@ -505,6 +724,8 @@ class SqlStore(Store):
             "lease_owner": None,
             "lease_expires_at": None,
             "lease_epoch": row.lease_epoch + 1,
+            "lane": row.run_class,
+            "not_before": now,
         }
         if target in TERMINAL:
             values.update(finished_at=now, error=reason, error_kind="lost")
@@ -626,3 +847,12 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
 
 def _unavailable(exc: sa.exc.OperationalError) -> StoreUnavailable:
     return StoreUnavailable(f"the store is unavailable: {exc.orig}")
+
+
+def _upsert(
+    conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]
+) -> None:
+    where = [table.c[name] == value for name, value in key.items()]
+    updated = conn.execute(table.update().where(*where).values(**values))
+    if updated.rowcount == 0:
+        conn.execute(table.insert().values(**key, **values))

@@ -34,6 +34,7 @@ from kos_see.models import (
     Lease,
     ServiceRecord,
 )
+from kos_see.queue.fair import Policy, Rules
 from kos_see.queue.retry import RetryPolicy, next_state
 from kos_see.registry import Manifest, Registry
 from kos_see.runners.base import AttemptControl, AttemptOutcome, AttemptSpec, Runner
@@ -45,6 +46,34 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 1.0
 IDLE_WAIT = 5.0
+
+
+def rules_from_config(config: EngineConfig, registry: Registry) -> Rules:
+    """The lease rules: the queue policy, quotas, and each service's
+    concurrency limit (the lower of config's and its manifests')."""
+    queue_config, quotas = config.queue, config.quotas
+    service_limits = dict(quotas.services)
+    for record in registry.list():
+        declared = record.manifest.get("max_concurrent")
+        if declared is not None:
+            current = service_limits.get(record.name)
+            service_limits[record.name] = (
+                declared if current is None else min(current, declared)
+            )
+    return Rules(
+        policy=Policy(
+            fair_share=queue_config.fair_share,
+            batch_min_share=queue_config.batch_min_share,
+            weights=dict(queue_config.tenant_weights),
+            default_weight=queue_config.default_weight,
+        ),
+        tenant_max_running={t: q.max_running for t, q in quotas.tenants.items()},
+        default_max_running=quotas.default.max_running,
+        service_limits=service_limits,
+        tenant_cpu_seconds={t: q.cpu_seconds for t, q in quotas.tenants.items()},
+        default_cpu_seconds=quotas.default.cpu_seconds,
+        cpu_window=quotas.window,
+    )
 
 
 def new_owner_id() -> str:
@@ -97,6 +126,7 @@ class WorkerPool:
         self._flushed = threading.Condition()
         self._flush_listeners: list[Callable[[list[AttemptWrite]], None]] = []
         self._sweeper = OrphanSweeper() if become_subreaper() else None
+        self._rules = rules_from_config(config, registry)
 
     # lifecycle
 
@@ -198,6 +228,7 @@ class WorkerPool:
                 if self._cancel_check or now_m >= next_renew:
                     self._cancel_check = False
                     self._renew()
+                    self._rules = rules_from_config(self.config, self.registry)
                     next_renew = now_m + execution.heartbeat_seconds
                 if now_m >= next_rescue:
                     self.store.rescue(time.time())
@@ -222,7 +253,7 @@ class WorkerPool:
             return time.monotonic() + IDLE_WAIT
         now = time.time()
         leases = self.store.lease(
-            self.owner, free, now, self.config.execution.lease_seconds
+            self.owner, free, now, self.config.execution.lease_seconds, self._rules
         )
         for lease in leases:
             with self._lock:

@@ -1,4 +1,4 @@
-"""Services, tasks, attempts and events.
+"""Services, tasks, attempts, events, fair-share state and schedules.
 
 Revision ID: 0001
 Revises:
@@ -15,6 +15,7 @@ depends_on = None
 _queued = sa.text("state = 'queued'")
 _held = sa.text("state IN ('leased', 'running')")
 _keyed = sa.text("idempotency_key IS NOT NULL")
+_deferred = sa.text("state = 'queued' AND lane = 'deferred'")
 
 
 def upgrade() -> None:
@@ -36,7 +37,11 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(64), nullable=False),
         sa.Column("principal", sa.String(128), nullable=False),
         sa.Column("queue_class", sa.String(16), nullable=False),
+        sa.Column("lane", sa.String(16), nullable=False),
+        sa.Column("run_class", sa.String(16), nullable=False),
         sa.Column("priority", sa.Integer, nullable=False),
+        sa.Column("rank_at", sa.Float, nullable=False),
+        sa.Column("schedule", sa.String(64)),
         sa.Column("input", sa.Text, nullable=False),
         sa.Column("input_digest", sa.String(80), nullable=False),
         sa.Column("idempotency_key", sa.String(200)),
@@ -62,7 +67,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_tasks_ready",
         "tasks",
-        [sa.text("priority DESC"), "created_at"],
+        ["lane", "tenant", "rank_at"],
         sqlite_where=_queued,
         postgresql_where=_queued,
     )
@@ -85,8 +90,8 @@ def upgrade() -> None:
         "ix_tasks_due",
         "tasks",
         ["not_before"],
-        sqlite_where=_queued,
-        postgresql_where=_queued,
+        sqlite_where=_deferred,
+        postgresql_where=_deferred,
     )
     op.create_index("ix_tasks_state_created", "tasks", ["state", "created_at"])
     op.create_table(
@@ -121,7 +126,44 @@ def upgrade() -> None:
     )
     op.create_index("ix_events_task", "events", ["task_id", "id"])
 
+    op.create_table(
+        "fair_share",
+        sa.Column("lane", sa.String(16), primary_key=True),
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("finish_tag", sa.Float, nullable=False),
+    )
+    op.create_table(
+        "queue_state",
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Float, nullable=False),
+    )
+    op.create_table(
+        "schedules",
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("cron", sa.String(200), nullable=False),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("service", sa.String(130), nullable=False),
+        sa.Column("input", sa.Text, nullable=False),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("principal", sa.String(128), nullable=False),
+        sa.Column("priority", sa.Integer),
+        sa.Column("queue_class", sa.String(16)),
+        sa.Column("misfire", sa.String(16), nullable=False),
+        sa.Column("paused", sa.Boolean, nullable=False),
+        sa.Column("next_fire_at", sa.Float),
+        sa.Column("last_fire_at", sa.Float),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+
 
 def downgrade() -> None:
-    for table in ("events", "attempts", "tasks", "services"):
+    for table in (
+        "schedules",
+        "queue_state",
+        "fair_share",
+        "events",
+        "attempts",
+        "tasks",
+        "services",
+    ):
         op.drop_table(table)
