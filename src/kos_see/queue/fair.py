@@ -56,6 +56,8 @@ class Snapshot:
     tenant_limits: dict[str, int] = field(default_factory=dict)  # max running
     service_limits: dict[str, int] = field(default_factory=dict)
     cpu_blocked: frozenset[str] = frozenset()  # tenants over their CPU quota
+    # The stored values behind virtual_time and batch_credit, as read.
+    shared_state: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

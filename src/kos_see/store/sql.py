@@ -19,10 +19,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from kos_see.errors import RequestRefused, StoreUnavailable, TaskNotFound
 from kos_see.models import (
-    AttemptEvents,
-    AttemptFinished,
     AttemptRecord,
-    AttemptStarted,
     AttemptWrite,
     Event,
     Lease,
@@ -32,35 +29,20 @@ from kos_see.models import (
 )
 from kos_see.queue.fair import LANES, Candidate, Plan, Rules, Snapshot, plan
 from kos_see.states import TERMINAL, TaskState, check_transition
+from kos_see.store import statements as q
 from kos_see.store.base import RefusedWrite, Renewal, Store, TaskFilter
 from kos_see.store.schema import (
     attempts,
     events,
-    fair_share,
-    queue_state,
     services,
     tasks,
 )
+from kos_see.store.writes import WriteBatch, state_event
 
 log = logging.getLogger(__name__)
 
 _HELD = (TaskState.LEASED.value, TaskState.RUNNING.value)
 
-# The distinct tenants with queued tasks in a lane, one index probe each.
-_ACTIVE_TENANTS = sa.text(
-    """
-    WITH RECURSIVE lane_tenants(tenant) AS (
-        SELECT min(tenant) FROM tasks WHERE state = 'queued' AND lane = :lane
-        UNION ALL
-        SELECT (
-            SELECT min(tenant) FROM tasks
-            WHERE state = 'queued' AND lane = :lane AND tenant > lane_tenants.tenant
-        )
-        FROM lane_tenants WHERE lane_tenants.tenant IS NOT NULL
-    )
-    SELECT tenant FROM lane_tenants WHERE tenant IS NOT NULL
-    """
-)
 _WAITING = (TaskState.RECEIVED.value, TaskState.QUEUED.value)
 
 
@@ -139,20 +121,17 @@ class SqlStore(Store):
         with self._write() as conn:
             if task.idempotency_key is not None:
                 existing = conn.execute(
-                    sa.select(tasks).where(
-                        tasks.c.tenant == task.tenant,
-                        tasks.c.idempotency_key == task.idempotency_key,
-                    )
+                    q.task_by_key, {"tenant": task.tenant, "key": task.idempotency_key}
                 ).first()
                 if existing is not None:
                     return _task(existing), False
             values = _new_task_values(task)
-            conn.execute(tasks.insert(), values)
+            conn.execute(q.insert_task, values)
             conn.execute(
-                events.insert(),
+                q.insert_events,
                 [
-                    _state_event(task.id, 0, task.created_at, "received", None),
-                    _state_event(task.id, 0, task.created_at, "queued", "received"),
+                    state_event(task.id, 0, task.created_at, "received", None),
+                    state_event(task.id, 0, task.created_at, "queued", "received"),
                 ],
             )
         return _record_of_new(values), True
@@ -209,7 +188,7 @@ class SqlStore(Store):
         conn.execute(tasks.update().where(tasks.c.id == row.id).values(**values))
         conn.execute(
             events.insert().values(
-                _state_event(
+                state_event(
                     row.id, row.attempts, now, target.value, source.value, reason
                 )
             )
@@ -242,7 +221,7 @@ class SqlStore(Store):
             )
             conn.execute(
                 events.insert().values(
-                    _state_event(
+                    state_event(
                         task_id,
                         row.attempts,
                         now,
@@ -299,15 +278,7 @@ class SqlStore(Store):
 
     def _promote_due(self, conn: Connection, now: float) -> None:
         """Deferred tasks whose time has come join their run class's lane."""
-        conn.execute(
-            tasks.update()
-            .where(
-                tasks.c.state == TaskState.QUEUED.value,
-                tasks.c.lane == "deferred",
-                tasks.c.not_before <= now,
-            )
-            .values(lane=tasks.c.run_class)
-        )
+        conn.execute(q.promote_due, {"now": now})
 
     def _snapshot(
         self, conn: Connection, limit: int, now: float, rules: Rules
@@ -322,13 +293,13 @@ class SqlStore(Store):
         if not active:
             return Snapshot(heads=heads)
         by_tenant, by_service = self._running_counts(conn)
+        shared = self._state_values(conn)
         return Snapshot(
             heads=heads,
             finish_tags=self._finish_tags(conn, active),
-            virtual_time={
-                lane: self._state_value(conn, f"vtime:{lane}") for lane in LANES
-            },
-            batch_credit=self._state_value(conn, "batch_credit"),
+            virtual_time={lane: shared.get(f"vtime:{lane}", 0.0) for lane in LANES},
+            batch_credit=shared.get("batch_credit", 0.0),
+            shared_state=shared,
             running_by_tenant=by_tenant,
             running_by_service=by_service,
             tenant_limits={
@@ -341,34 +312,20 @@ class SqlStore(Store):
     def _active_tenants(self, conn: Connection, lane: str) -> list[str]:
         # A loose index scan: one index probe per distinct tenant, however
         # many tasks each tenant has queued.
-        return [row[0] for row in conn.execute(_ACTIVE_TENANTS, {"lane": lane})]
+        return [row[0] for row in conn.execute(q.active_tenants, {"lane": lane})]
 
     def _heads(
         self, conn: Connection, lane: str, tenant: str, limit: int
     ) -> list[Candidate]:
-        rows = conn.execute(
-            sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
-            .where(
-                tasks.c.state == TaskState.QUEUED.value,
-                tasks.c.lane == lane,
-                tasks.c.tenant == tenant,
-            )
-            .order_by(tasks.c.rank_at, tasks.c.id)
-            .limit(limit)
-        )
+        rows = conn.execute(q.heads, {"lane": lane, "tenant": tenant, "limit": limit})
         return [Candidate(r.id, tenant, r.service, r.rank_at) for r in rows]
 
     def _running_counts(
         self, conn: Connection
     ) -> tuple[dict[str, int], dict[str, int]]:
-        rows = conn.execute(
-            sa.select(tasks.c.tenant, tasks.c.service, sa.func.count())
-            .where(tasks.c.state.in_(_HELD))
-            .group_by(tasks.c.tenant, tasks.c.service)
-        )
         by_tenant: dict[str, int] = {}
         by_service: dict[str, int] = {}
-        for tenant, service, count in rows:
+        for tenant, service, count in conn.execute(q.running_counts):
             by_tenant[tenant] = by_tenant.get(tenant, 0) + count
             by_service[service] = by_service.get(service, 0) + count
         return by_tenant, by_service
@@ -376,16 +333,11 @@ class SqlStore(Store):
     def _finish_tags(
         self, conn: Connection, tenants: set[str]
     ) -> dict[tuple[str, str], float]:
-        rows = conn.execute(
-            sa.select(fair_share).where(fair_share.c.tenant.in_(sorted(tenants)))
-        )
+        rows = conn.execute(q.finish_tags, {"tenants": sorted(tenants)})
         return {(r.lane, r.tenant): r.finish_tag for r in rows}
 
-    def _state_value(self, conn: Connection, key: str) -> float:
-        value = conn.execute(
-            sa.select(queue_state.c.value).where(queue_state.c.key == key)
-        ).scalar()
-        return 0.0 if value is None else value
+    def _state_values(self, conn: Connection) -> dict[str, float]:
+        return {r.key: r.value for r in conn.execute(q.state_values)}
 
     def cpu_used(self, since: float) -> dict[str, float]:
         """CPU seconds of attempts that ended since ``since``, per tenant."""
@@ -393,12 +345,7 @@ class SqlStore(Store):
             return self._cpu_used(conn, since)
 
     def _cpu_used(self, conn: Connection, since: float) -> dict[str, float]:
-        rows = conn.execute(
-            sa.select(tasks.c.tenant, sa.func.sum(attempts.c.cpu_seconds))
-            .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
-            .where(attempts.c.ended_at >= since)
-            .group_by(tasks.c.tenant)
-        )
+        rows = conn.execute(q.cpu_used, {"since": since})
         return {tenant: used or 0.0 for tenant, used in rows}
 
     def _cpu_blocked(
@@ -421,26 +368,13 @@ class SqlStore(Store):
         now: float,
         expires: float,
     ) -> list[TaskRecord]:
-        claim = (
-            tasks.update()
-            .where(tasks.c.id.in_(ids), tasks.c.state == TaskState.QUEUED.value)
-            .values(
-                state=TaskState.LEASED.value,
-                lease_owner=owner,
-                lease_epoch=tasks.c.lease_epoch + 1,
-                lease_expires_at=expires,
-                attempts=tasks.c.attempts + 1,
-                cancel_requested=False,
-                updated_at=now,
-            )
-            .returning(*tasks.c)
-        )
-        claimed = [_task(row) for row in conn.execute(claim)]
+        params = {"ids": ids, "owner": owner, "expires": expires, "now": now}
+        claimed = [_task(row) for row in conn.execute(q.claim, params)]
         if claimed:
             conn.execute(
-                events.insert(),
+                q.insert_events,
                 [
-                    _state_event(t.id, t.attempts, now, "leased", "queued", owner)
+                    state_event(t.id, t.attempts, now, "leased", "queued", owner)
                     for t in claimed
                 ],
             )
@@ -449,19 +383,30 @@ class SqlStore(Store):
     def _save_fairness(
         self, conn: Connection, snapshot: Snapshot, chosen: Plan
     ) -> None:
-        changed_tags = {
-            key: tag
-            for key, tag in chosen.finish_tags.items()
-            if snapshot.finish_tags.get(key) != tag
-        }
-        for (lane, tenant), tag in changed_tags.items():
-            _upsert(
-                conn, fair_share, {"lane": lane, "tenant": tenant}, {"finish_tag": tag}
-            )
+        tags = [
+            {"b_lane": lane, "b_tenant": tenant, "b_tag": tag}
+            for (lane, tenant), tag in chosen.finish_tags.items()
+            if snapshot.finish_tags.get((lane, tenant)) != tag
+        ]
+        for row in tags:
+            if conn.execute(q.update_tag, row).rowcount == 0:
+                conn.execute(
+                    q.insert_tag,
+                    {
+                        "lane": row["b_lane"],
+                        "tenant": row["b_tenant"],
+                        "finish_tag": row["b_tag"],
+                    },
+                )
         values = {f"vtime:{lane}": v for lane, v in chosen.virtual_time.items()}
         values["batch_credit"] = chosen.batch_credit
         for key, value in values.items():
-            _upsert(conn, queue_state, {"key": key}, {"value": value})
+            if snapshot.shared_state.get(key) == value:
+                continue
+            if key not in snapshot.shared_state:
+                conn.execute(q.insert_state_value, {"key": key, "value": value})
+            else:
+                conn.execute(q.update_state_value, {"b_key": key, "b_value": value})
 
     def renew(
         self,
@@ -505,189 +450,24 @@ class SqlStore(Store):
     def apply(self, writes: Sequence[AttemptWrite]) -> list[RefusedWrite]:
         if not writes:
             return []
-        refused: list[RefusedWrite] = []
         with self._write() as conn:
             ids = list({w.task_id for w in writes})
-            state = {
-                r.id: r
-                for r in conn.execute(
-                    sa.select(
-                        tasks.c.id, tasks.c.state, tasks.c.lease_epoch, tasks.c.attempts
-                    ).where(tasks.c.id.in_(ids))
-                )
+            current = {
+                r.id: (TaskState(r.state), r.lease_epoch)
+                for r in conn.execute(q.fences, {"ids": ids})
             }
-            current = {i: (TaskState(r.state), r.lease_epoch) for i, r in state.items()}
-            event_rows: list[dict[str, Any]] = []
-            for write in writes:
-                now_state, epoch = current.get(write.task_id, (None, None))
-                if (
-                    epoch != write.epoch
-                    or now_state is None
-                    or now_state.value not in _HELD
-                ):
-                    refused.append(RefusedWrite(write, epoch, now_state))
-                    log.warning(
-                        "stale attempt write refused",
-                        extra={
-                            "action": "write_refused",
-                            "task_id": write.task_id,
-                            "write_epoch": write.epoch,
-                            "current_epoch": epoch,
-                            "state": now_state.value if now_state else None,
-                        },
-                    )
-                    continue
-                new_state = self._apply_one(conn, write, now_state, event_rows)
-                current[write.task_id] = (new_state, epoch)
-            if event_rows:
-                conn.execute(events.insert(), event_rows)
+            batch = WriteBatch()
+            refused = [
+                refusal
+                for write in writes
+                if (refusal := batch.add(write, current)) is not None
+            ]
+            batch.execute(conn)
         return refused
 
-    def _apply_one(
-        self,
-        conn: Connection,
-        write: AttemptWrite,
-        state: TaskState,
-        event_rows: list[dict[str, Any]],
-    ) -> TaskState:
-        if isinstance(write, AttemptStarted):
-            check_transition(state, TaskState.RUNNING)
-            conn.execute(
-                tasks.update()
-                .where(tasks.c.id == write.task_id)
-                .values(state=TaskState.RUNNING.value, updated_at=write.at)
-            )
-            conn.execute(
-                attempts.insert().values(
-                    task_id=write.task_id,
-                    number=write.attempt,
-                    epoch=write.epoch,
-                    worker=write.worker,
-                    started_at=write.at,
-                    pid=write.pid,
-                )
-            )
-            event_rows.append(
-                _state_event(
-                    write.task_id,
-                    write.attempt,
-                    write.at,
-                    "running",
-                    state.value,
-                    f"pid {write.pid}",
-                )
-            )
-            return TaskState.RUNNING
-        if isinstance(write, AttemptEvents):
-            if write.progress is not None:
-                done, total, message = write.progress
-                conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id == write.task_id)
-                    .values(
-                        progress_done=done,
-                        progress_total=total,
-                        progress_message=message,
-                    )
-                )
-            event_rows.extend(
-                {
-                    "task_id": write.task_id,
-                    "attempt": write.attempt,
-                    "at": at,
-                    "kind": kind,
-                    "data": json.dumps(data),
-                }
-                for at, kind, data in write.events
-            )
-            return state
-        return self._finish(conn, write, state, event_rows)
-
-    def _finish(
-        self,
-        conn: Connection,
-        write: AttemptFinished,
-        state: TaskState,
-        event_rows: list[dict[str, Any]],
-    ) -> TaskState:
-        target = write.next_state
-        check_transition(state, target)
-        terminal = target in TERMINAL
-        values: dict[str, Any] = {
-            "state": target.value,
-            "updated_at": write.at,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "error": write.error,
-            "error_kind": write.error_kind,
-        }
-        if write.result is not None:
-            values["result"] = write.result
-        if terminal:
-            values["finished_at"] = write.at
-        if target == TaskState.QUEUED:
-            # Back to its own lane, or to the deferred lane until its backoff ends.
-            delayed = write.not_before is not None and write.not_before > write.at
-            values["lane"] = "deferred" if delayed else tasks.c.run_class
-            values["not_before"] = write.not_before if delayed else write.at
-        if write.outcome == "released":
-            # Not the task's fault: the attempt it was given back does not count
-            # against its budget (attempt numbers still only grow).
-            values["max_attempts"] = tasks.c.max_attempts + 1
-        conn.execute(tasks.update().where(tasks.c.id == write.task_id).values(**values))
-        attempt_values = {
-            "ended_at": write.at,
-            "outcome": write.outcome,
-            "exit_code": write.exit_code,
-            "signal": write.signal,
-            "cpu_seconds": write.cpu_seconds,
-            "peak_rss_kb": write.peak_rss_kb,
-            "stdout": write.stdout,
-            "stderr": write.stderr,
-            "stdout_bytes": write.stdout_bytes,
-            "stderr_bytes": write.stderr_bytes,
-            "events_dropped": write.events_dropped,
-            "error": write.error,
-        }
-        updated = conn.execute(
-            attempts.update()
-            .where(
-                attempts.c.task_id == write.task_id, attempts.c.number == write.attempt
-            )
-            .values(**attempt_values)
-        )
-        if updated.rowcount == 0:
-            # The attempt never started (its process could not be launched).
-            conn.execute(
-                attempts.insert().values(
-                    task_id=write.task_id,
-                    number=write.attempt,
-                    epoch=write.epoch,
-                    worker="",
-                    started_at=write.at,
-                    **attempt_values,
-                )
-            )
-        event_rows.append(
-            _state_event(
-                write.task_id,
-                write.attempt,
-                write.at,
-                target.value,
-                state.value,
-                write.error,
-                outcome=write.outcome,
-                not_before=write.not_before,
-            )
-        )
-        return target
-
     def next_ready_at(self) -> float | None:
-        query = sa.select(sa.func.min(tasks.c.not_before)).where(
-            tasks.c.state == TaskState.QUEUED.value, tasks.c.lane == "deferred"
-        )
         with self._read() as conn:
-            return conn.execute(query).scalar()
+            return conn.execute(q.next_due).scalar()
 
     def rescue(
         self, now: float, foreign_owners_too: bool = False, owner: str = ""
@@ -741,7 +521,7 @@ class SqlStore(Store):
         )
         conn.execute(
             events.insert().values(
-                _state_event(
+                state_event(
                     row.id,
                     row.attempts,
                     now,
@@ -800,30 +580,6 @@ def _record_of_new(values: dict[str, Any]) -> TaskRecord:
     return _task_from({**unset, **values})
 
 
-def _state_event(
-    task_id: str,
-    attempt: int,
-    at: float,
-    state: str,
-    source: str | None,
-    reason: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    data: dict[str, Any] = {"state": state}
-    if source is not None:
-        data["from"] = source
-    if reason:
-        data["reason"] = reason
-    data.update({k: v for k, v in extra.items() if v is not None})
-    return {
-        "task_id": task_id,
-        "attempt": attempt,
-        "at": at,
-        "kind": "state",
-        "data": json.dumps(data),
-    }
-
-
 def _service(row: Row[Any]) -> ServiceRecord:
     return ServiceRecord(
         name=row.name,
@@ -847,12 +603,3 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
 
 def _unavailable(exc: sa.exc.OperationalError) -> StoreUnavailable:
     return StoreUnavailable(f"the store is unavailable: {exc.orig}")
-
-
-def _upsert(
-    conn: Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]
-) -> None:
-    where = [table.c[name] == value for name, value in key.items()]
-    updated = conn.execute(table.update().where(*where).values(**values))
-    if updated.rowcount == 0:
-        conn.execute(table.insert().values(**key, **values))
