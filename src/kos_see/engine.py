@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from typing import TYPE_CHECKING
 
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
@@ -21,8 +23,12 @@ from kos_see.registry import Registry
 from kos_see.runners.base import Runner
 from kos_see.runners.launch import make_launcher
 from kos_see.runners.local import LocalPythonRunner
+from kos_see.states import TERMINAL
 from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
+
+if TYPE_CHECKING:
+    from kos_see.queue.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,10 @@ class Engine:
         self.dispatcher = Dispatcher(store, self.registry, config, self._notify)
         self.pool: WorkerPool | None = None
         self._listener: wakeup.WakeListener | None = None
+        self.scheduler: Scheduler | None = None  # cron schedules, while serving
         self._finished = threading.Condition()
+        self._generation = 0
+        self._recently_ended: deque[tuple[int, set[str]]] = deque(maxlen=256)
         # Whether the last notify reached a serving engine (for the CLI's message).
         self.last_notify_delivered = False
 
@@ -78,14 +87,29 @@ class Engine:
         self.pool.start()
         self._listener = listener
         listener.start()
+        self._start_scheduler()
 
     def stop(self, grace: float | None = None) -> None:
+        self._stop_scheduler()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
         if self.pool is not None:
             self.pool.shutdown(grace)
             self.pool = None
+
+    # cron schedules: a thread that makes their tasks through the dispatcher
+
+    def _start_scheduler(self) -> None:
+        from kos_see.queue.scheduler import Scheduler  # only a serving engine
+
+        self.scheduler = Scheduler.for_engine(self)
+        self.scheduler.start()
+
+    def _stop_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
 
     def _on_wake(self, message: str) -> None:
         if self.pool is not None:
@@ -99,8 +123,15 @@ class Engine:
             self.last_notify_delivered = wakeup.send(self.home.root, reason)
 
     def _on_flush(self, batch: list[AttemptWrite]) -> None:
-        if any(isinstance(w, AttemptFinished) for w in batch):
+        ended = {
+            w.task_id
+            for w in batch
+            if isinstance(w, AttemptFinished) and w.next_state in TERMINAL
+        }
+        if ended:
             with self._finished:
+                self._generation += 1
+                self._recently_ended.append((self._generation, ended))
                 self._finished.notify_all()
 
     # waiting
@@ -108,22 +139,48 @@ class Engine:
     def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         """Block until the task is in a terminal state (or ``timeout`` passes)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.pool is not None:
+            return self._wait_serving(task_id, deadline)
         pause = POLL_START
         while True:
-            task = self.store.get_task(task_id)
-            if task is None:
-                raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
-            if task.terminal:
+            task = self._read_task(task_id)
+            if task.terminal or _past(deadline):
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
-                return task
-            left = POLL_MAX if deadline is None else deadline - time.monotonic()
-            wait = max(0.0, min(pause, left))
-            if self.pool is not None:
-                # In the serving process a finished attempt wakes us at once.
-                with self._finished:
-                    self._finished.wait(wait)
-            else:
-                # Another process serves: read the store again shortly.
-                time.sleep(wait)
-                pause = min(POLL_MAX, pause * 1.5)
+            # Another process serves: read the store again shortly.
+            time.sleep(_left(deadline, pause))
+            pause = min(POLL_MAX, pause * 1.5)
+
+    def _wait_serving(self, task_id: str, deadline: float | None) -> TaskRecord:
+        # In the serving process each flush says which tasks ended, so the
+        # store is read again only when this task is among them (or when this
+        # waiter fell so far behind that it cannot tell).
+        with self._finished:
+            seen = self._generation
+        task = self._read_task(task_id)
+        while not task.terminal and not _past(deadline):
+            with self._finished:
+                self._finished.wait(_left(deadline, POLL_MAX))
+                news = [ids for gen, ids in self._recently_ended if gen > seen]
+                missed = (
+                    bool(self._recently_ended) and self._recently_ended[0][0] > seen + 1
+                )
+                seen = self._generation
+            if missed or any(task_id in ids for ids in news):
+                task = self._read_task(task_id)
+        return task
+
+    def _read_task(self, task_id: str) -> TaskRecord:
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
+        return task
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _left(deadline: float | None, cap: float) -> float:
+    if deadline is None:
+        return cap
+    return max(0.0, min(cap, deadline - time.monotonic()))

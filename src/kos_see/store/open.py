@@ -59,15 +59,19 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # Readers open no transaction: each of their statements reads a
+        # committed state on its own, which is all they need, and saves a
+        # BEGIN and a ROLLBACK per read.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode != "NONE":
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        conn.execution_options(sqlite_begin="DEFERRED")
+        conn.execution_options(sqlite_begin="NONE")
         if not sa.inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()

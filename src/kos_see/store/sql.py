@@ -28,6 +28,7 @@ from kos_see.models import (
     TaskRecord,
 )
 from kos_see.queue.fair import LANES, Candidate, Plan, Rules, Snapshot, plan
+from kos_see.queue.stats import Depth, QueueStats, TenantUse, waiting_reasons
 from kos_see.states import TERMINAL, TaskState, check_transition
 from kos_see.store import statements as q
 from kos_see.store.base import RefusedWrite, Renewal, Store, TaskFilter
@@ -70,7 +71,7 @@ class SqlStore(Store):
     def _read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(sqlite_begin="DEFERRED")
+                conn.execution_options(sqlite_begin="NONE")
                 yield conn
         except sa.exc.OperationalError as exc:
             raise _unavailable(exc) from exc
@@ -561,6 +562,97 @@ class SqlStore(Store):
                 )
                 for r in conn.execute(query)
             ]
+
+    # queue statistics
+
+    def queue_stats(
+        self, now: float, rules: Rules, heads: int | None = None
+    ) -> QueueStats:
+        queued = tasks.c.state == q.QUEUED
+        depth_rows = (
+            sa.select(
+                tasks.c.lane,
+                tasks.c.tenant,
+                sa.func.count(),
+                sa.func.min(tasks.c.not_before),
+            )
+            .where(queued)
+            .group_by(tasks.c.lane, tasks.c.tenant)
+        )
+        # Ready work as the next lease sees it: deferred tasks that are due
+        # join their run class's lane first.
+        lane = sa.case(
+            (tasks.c.lane == "deferred", tasks.c.run_class), else_=tasks.c.lane
+        ).label("lane")
+        ranked = (
+            sa.select(
+                tasks.c.tenant,
+                lane,
+                tasks.c.service,
+                sa.func.row_number()
+                .over(
+                    partition_by=(tasks.c.tenant, lane),
+                    order_by=(tasks.c.rank_at, tasks.c.id),
+                )
+                .label("n"),
+            )
+            .where(
+                queued,
+                sa.or_(tasks.c.lane != "deferred", tasks.c.not_before <= now),
+            )
+            .subquery()
+        )
+        ready_rows = sa.select(ranked.c.tenant, ranked.c.lane, ranked.c.service)
+        if heads is not None:
+            ready_rows = ready_rows.where(ranked.c.n <= heads)
+        ready_rows = ready_rows.distinct()
+        with self._read() as conn:
+            # Several statements: read them from one snapshot.
+            conn.execution_options(sqlite_begin="DEFERRED")
+            found = conn.execute(depth_rows).all()
+            ready: dict[str, dict[str, set[str]]] = {}
+            for tenant, ready_lane, service in conn.execute(ready_rows):
+                ready.setdefault(tenant, {}).setdefault(ready_lane, set()).add(service)
+            by_tenant, by_service = self._running_counts(conn)
+            cpu = self._cpu_used(conn, now - rules.cpu_window)
+        order = {name: i for i, name in enumerate((*LANES, "deferred"))}
+        depths = sorted(
+            (
+                Depth(row_lane, tenant, count, max(0.0, now - oldest))
+                for row_lane, tenant, count, oldest in found
+            ),
+            key=lambda d: (order.get(d.lane, len(order)), d.tenant),
+        )
+        queued_by_tenant: dict[str, int] = {}
+        for d in depths:
+            queued_by_tenant[d.tenant] = queued_by_tenant.get(d.tenant, 0) + d.depth
+        named = set(rules.tenant_max_running) | set(rules.tenant_cpu_seconds)
+        everyone = sorted(
+            set(queued_by_tenant)
+            | set(by_tenant)
+            | {t for t, u in cpu.items() if u}
+            | named
+        )
+        return QueueStats(
+            at=now,
+            cpu_window=rules.cpu_window,
+            depths=depths,
+            tenants=[
+                TenantUse(
+                    tenant=t,
+                    queued=queued_by_tenant.get(t, 0),
+                    running=by_tenant.get(t, 0),
+                    max_running=rules.max_running(t),
+                    cpu_used=cpu.get(t, 0.0),
+                    cpu_quota=rules.cpu_quota(t),
+                )
+                for t in everyone
+            ],
+            running_by_service=by_service,
+            service_limits=dict(rules.service_limits),
+            waiting=waiting_reasons(ready, by_tenant, by_service, cpu, rules),
+            ready_tenants=sorted(ready),
+        )
 
 
 def _new_task_values(task: NewTask) -> dict[str, Any]:
