@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from kos_see.cli import serve, services, tasks
+from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -32,8 +32,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(services.app, name="services")
+app.add_typer(schedules.app, name="schedules")
+app.add_typer(queue_cmd.app, name="queue")
 serve.register(app)
 tasks.register(app)
+dead_letters.register(app)
 
 HomeOption = Annotated[
     Path | None,
