@@ -1,4 +1,4 @@
-"""Intake: every interface submits and cancels through here.
+"""Intake: every interface submits, cancels and retries through here.
 
 The dispatcher resolves the service, validates the input against its schema
 (reporting every violation with its JSON path), applies defaults from the
@@ -146,6 +146,22 @@ class Dispatcher:
                 "action": "task_cancel",
                 "task_id": task_id,
                 "state": task.state.value,
+            },
+        )
+        return task
+
+    def retry(self, task_id: str, now: float | None = None) -> TaskRecord:
+        """Requeue a dead task (an operator's retry) with a fresh attempt
+        budget. Raises TaskNotFound, or RequestRefused if it is not dead."""
+        task = self.store.retry_task(task_id, time.time() if now is None else now)
+        # A requeued task wakes a serving engine as a submitted one does.
+        self.notify("submit")
+        log.info(
+            "dead task requeued",
+            extra={
+                "action": "task_retry",
+                "task_id": task_id,
+                "max_attempts": task.max_attempts,
             },
         )
         return task

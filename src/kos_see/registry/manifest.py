@@ -9,6 +9,9 @@ Example::
     entrypoint = "main.py"          # a script, or "main.py:run" for a function
     timeout = "60s"
     retry_limit = 0
+    retry_backoff = "exponential"   # exponential, fixed or none; default [queue]'s
+    retry_base = "1s"               # default: queue.retry_base
+    retry_cap = "5m"                # default: queue.retry_cap
     queue_class = "batch"
 
     [limits]
@@ -28,7 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from kos_see.config import Seconds
 from kos_see.errors import ManifestError
@@ -61,6 +71,10 @@ class Manifest(BaseModel):
     entrypoint: str
     timeout: Seconds | None = None  # None: execution.worker_timeout
     retry_limit: int | None = Field(None, ge=0, le=1000)  # None: queue.retry_limit
+    # Backoff between attempts; each None: the [queue] key of the same name.
+    retry_backoff: Literal["exponential", "fixed", "none"] | None = None
+    retry_base: Seconds | None = None
+    retry_cap: Seconds | None = None
     queue_class: Literal["realtime", "batch"] | None = None
     # Attempts of this service running at once across the engine; None: no limit.
     max_concurrent: int | None = Field(None, ge=1)
@@ -73,6 +87,20 @@ class Manifest(BaseModel):
         if value is not None and value not in KNOWN_RUNNERS:
             known = ", ".join(sorted(KNOWN_RUNNERS))
             raise ValueError(f"unknown runner {value!r}; known runners: {known}")
+        return value
+
+    @field_validator("retry_cap")
+    @classmethod
+    def _cap_not_below_base(
+        cls, value: float | None, info: ValidationInfo
+    ) -> float | None:
+        base = info.data.get("retry_base")
+        if value is not None and base is not None and base > value:
+            raise ValueError(
+                f"retry_base ({base:g} s) is above retry_cap ({value:g} s); the "
+                "cap is the longest wait between attempts, so it must be at least "
+                "the base"
+            )
         return value
 
     @field_validator("input_schema")

@@ -93,6 +93,7 @@ sa.Index(
 # Deferred tasks (and retries waiting out their backoff) by due time.
 sa.Index(
     "ix_tasks_due",
+    tasks.c.lane,
     tasks.c.not_before,
     sqlite_where=sa.and_(tasks.c.state == "queued", tasks.c.lane == "deferred"),
     postgresql_where=sa.and_(tasks.c.state == "queued", tasks.c.lane == "deferred"),

@@ -494,7 +494,9 @@ class SqlStore(Store):
         if row.cancel_requested:
             target, reason = TaskState.CANCELLED, "cancelled; its worker was lost"
         elif row.attempts >= row.max_attempts:
-            target = TaskState.DEAD
+            # As for any retryable failure (queue.retry): dead only for a task
+            # that was allowed retries and used them all.
+            target = TaskState.DEAD if row.max_attempts > 1 else TaskState.FAILED
             reason = f"worker lost; all {row.max_attempts} attempts used"
         else:
             target, reason = TaskState.QUEUED, f"worker {row.lease_owner} lost"

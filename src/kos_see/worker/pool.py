@@ -365,6 +365,7 @@ class WorkerPool:
                         error_kind="engine",
                         error=f"the engine failed while running the attempt: {exc!r}",
                     ),
+                    self._known_manifest(lease),
                 )
             self._write(finished)
             with self._lock:
@@ -421,7 +422,7 @@ class WorkerPool:
                 "cpu_seconds": outcome.cpu_seconds,
             },
         )
-        return self._finished(lease, outcome)
+        return self._finished(lease, outcome, manifest)
 
     def _service(self, name: str, version: str) -> tuple[ServiceRecord, Manifest]:
         return self.registry.resolve(f"{name}@{version}")
@@ -449,14 +450,41 @@ class WorkerPool:
             keep_workdir=execution.keep_workdirs,
         )
 
-    def _finished(self, lease: Lease, outcome: AttemptOutcome) -> AttemptFinished:
+    def _known_manifest(self, lease: Lease) -> Manifest | None:
+        """The task's manifest if it still resolves, for an attempt that
+        failed inside the engine; None falls back to the config's backoff."""
+        try:
+            return self._service(lease.task.service, lease.task.version)[1]
+        except Exception:
+            return None
+
+    def _retry_policy(self, manifest: Manifest | None) -> RetryPolicy:
+        """The manifest's backoff keys where it sets them, else ``[queue]``'s."""
+        if manifest is None or (
+            manifest.retry_backoff is None
+            and manifest.retry_base is None
+            and manifest.retry_cap is None
+        ):
+            return self.retry
+        return RetryPolicy(
+            manifest.retry_backoff or self.retry.backoff,
+            self.retry.base if manifest.retry_base is None else manifest.retry_base,
+            self.retry.cap if manifest.retry_cap is None else manifest.retry_cap,
+        )
+
+    def _finished(
+        self,
+        lease: Lease,
+        outcome: AttemptOutcome,
+        manifest: Manifest | None = None,
+    ) -> AttemptFinished:
         now = time.time()
         state, not_before = next_state(
             outcome.status,
             outcome.retryable,
             lease.attempt,
             lease.task.max_attempts,
-            self.retry,
+            self._retry_policy(manifest),
             now,
             self.rng,
         )

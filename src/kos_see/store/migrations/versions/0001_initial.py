@@ -89,7 +89,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_tasks_due",
         "tasks",
-        ["not_before"],
+        ["lane", "not_before"],
         sqlite_where=_deferred,
         postgresql_where=_deferred,
     )
