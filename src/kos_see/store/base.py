@@ -20,6 +20,7 @@ from kos_see.models import (
     TaskRecord,
 )
 from kos_see.queue.fair import Rules
+from kos_see.queue.stats import QueueStats
 from kos_see.states import TaskState
 
 
@@ -148,3 +149,15 @@ class Store(ABC):
     def events(
         self, task_id: str, after: int = 0, limit: int = 1000
     ) -> list[Event]: ...
+
+    # queue statistics
+
+    @abstractmethod
+    def queue_stats(
+        self, now: float, rules: Rules, heads: int | None = None
+    ) -> QueueStats:
+        """What is queued per lane and tenant (depth, oldest age), what runs
+        per tenant and service, CPU used per tenant in ``rules.cpu_window``,
+        and why a lease under ``rules`` passes over each tenant with ready
+        work. ``heads``: how many of a tenant's best tasks per lane a lease
+        considers (``None``: all of them)."""
