@@ -330,3 +330,25 @@ def test_batch_keeps_its_minimum_share_while_realtime_waits(
     assert batch >= math.floor(slots * share)
     # And realtime goes first otherwise: batch takes no more than it earned.
     assert batch <= math.floor(credit + slots * share)
+
+
+def test_tasks_of_a_full_service_do_not_hide_the_tenants_other_tasks(
+    queue_engine, make_service
+) -> None:
+    """Head-of-line: four queued tasks of a service limited to one at a time,
+    then one of a free service; a lease for four slots takes one of each."""
+    make_service("limited", NOOP, entrypoint="main.py:run", retry_limit=0)
+    rules = Rules(service_limits={"limited": 1})
+    now = 1_000_000.0
+    for index in range(4):
+        queue_engine.dispatcher.submit(
+            SubmitRequest("limited", {}, tenant="a"), now=now + index
+        )
+    free = queue_engine.dispatcher.submit(
+        SubmitRequest("noop", {}, tenant="a"), now=now + 10
+    ).task
+    leased = queue_engine.store.lease("w", 4, now + 20, 3600, rules)
+    assert [lease.task.service for lease in leased] == ["limited", "noop"]
+    assert leased[1].task_id == free.id
+    # The limited service stays full while its task is leased.
+    assert queue_engine.store.lease("w", 3, now + 21, 3600, rules) == []

@@ -138,7 +138,7 @@ class QuotaConfig(_Section):
     default: TenantQuota = TenantQuota()
     tenants: dict[str, TenantQuota] = Field(default_factory=dict)
     # Tasks of a service (by name) leased or running at once.
-    services: dict[str, int] = Field(default_factory=dict)
+    services: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
     def for_tenant(self, tenant: str) -> TenantQuota:
         return self.tenants.get(tenant, self.default)

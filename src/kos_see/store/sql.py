@@ -284,16 +284,20 @@ class SqlStore(Store):
     def _snapshot(
         self, conn: Connection, limit: int, now: float, rules: Rules
     ) -> Snapshot:
+        by_tenant, by_service = self._running_counts(conn)
+        room = {
+            service: max(0, cap - by_service.get(service, 0))
+            for service, cap in rules.service_limits.items()
+        }
         heads: dict[str, dict[str, list[Candidate]]] = {}
         for lane in LANES:
             heads[lane] = {
-                tenant: self._heads(conn, lane, tenant, limit)
+                tenant: self._heads(conn, lane, tenant, limit, room)
                 for tenant in self._active_tenants(conn, lane)
             }
         active = {t for lane in heads.values() for t in lane}
         if not active:
             return Snapshot(heads=heads)
-        by_tenant, by_service = self._running_counts(conn)
         shared = self._state_values(conn)
         return Snapshot(
             heads=heads,
@@ -316,9 +320,34 @@ class SqlStore(Store):
         return [row[0] for row in conn.execute(q.active_tenants, {"lane": lane})]
 
     def _heads(
-        self, conn: Connection, lane: str, tenant: str, limit: int
+        self,
+        conn: Connection,
+        lane: str,
+        tenant: str,
+        limit: int,
+        room: dict[str, int],
     ) -> list[Candidate]:
-        rows = conn.execute(q.heads, {"lane": lane, "tenant": tenant, "limit": limit})
+        """The tenant's best ``limit`` tasks in the lane that a lease could take.
+
+        Tasks of a service with a concurrency limit are read separately, no
+        more than the service has room for: otherwise a run of tasks of a full
+        service would hide the tenant's tasks behind them from the planner.
+        """
+        params = {"lane": lane, "tenant": tenant, "limit": limit}
+        if not room:
+            rows = list(conn.execute(q.heads, params))
+        else:
+            rows = list(
+                conn.execute(q.heads_except, {**params, "services": list(room)})
+            )
+            for service, free in room.items():
+                if free > 0:
+                    rows += conn.execute(
+                        q.heads_of_service,
+                        {**params, "service": service, "limit": min(free, limit)},
+                    )
+            rows.sort(key=lambda r: (r.rank_at, r.id))
+            rows = rows[:limit]
         return [Candidate(r.id, tenant, r.service, r.rank_at) for r in rows]
 
     def _running_counts(

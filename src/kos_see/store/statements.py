@@ -130,6 +130,31 @@ heads = (
     .limit(bindparam("limit"))
 )
 
+# The same, without the services that have a concurrency limit ...
+heads_except = (
+    sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
+    .where(
+        tasks.c.state == QUEUED,
+        tasks.c.lane == bindparam("lane"),
+        tasks.c.tenant == bindparam("tenant"),
+        tasks.c.service.not_in(bindparam("services", expanding=True)),
+    )
+    .order_by(tasks.c.rank_at, tasks.c.id)
+    .limit(bindparam("limit"))
+)
+# ... which are read one service at a time.
+heads_of_service = (
+    sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
+    .where(
+        tasks.c.state == QUEUED,
+        tasks.c.lane == bindparam("lane"),
+        tasks.c.tenant == bindparam("tenant"),
+        tasks.c.service == bindparam("service"),
+    )
+    .order_by(tasks.c.rank_at, tasks.c.id)
+    .limit(bindparam("limit"))
+)
+
 running_counts = (
     sa.select(tasks.c.tenant, tasks.c.service, sa.func.count())
     .where(tasks.c.state.in_(HELD))
