@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,12 @@ def test_unknown_version_is_refused_naming_the_registered_ones(
 
 def test_a_named_version_is_used(idle_engine: Engine, make_service) -> None:
     make_service("multi", SOURCE, entrypoint="main.py:run", version="1.0.0")
-    make_service("multi", SOURCE + "# v2\n", entrypoint="main.py:run", version="2.0.0")
+    make_service(
+        "multi",
+        textwrap.dedent(SOURCE) + "# v2\n",
+        entrypoint="main.py:run",
+        version="2.0.0",
+    )
     assert submit(idle_engine, "multi@1.0.0", {}).task.version == "1.0.0"
     assert submit(idle_engine, "multi", {}).task.version == "2.0.0"
 

@@ -377,6 +377,9 @@ GRANDCHILD = """
             os.close(ready_r)
             if inputs["setsid"]:
                 os.setsid()
+                # Leave the working directory too: only the environment mark
+                # still ties this process to its attempt.
+                os.chdir("/")
             os.write(ready_w, b"x")  # only now may the attempt end
             os.close(ready_w)
             time.sleep(60)
@@ -620,3 +623,14 @@ def test_the_socket_of_a_dead_fork_server_is_closed(
     assert wait_until(lambda: launcher._sock is not sock, within=5)
     assert run_task(name).state == TaskState.SUCCEEDED
     assert sock.fileno() == -1, "the dead server's socket was left open"
+
+
+def test_a_new_engine_clears_working_directories_a_killed_one_left(
+    make_engine, home, engine_config
+) -> None:
+    root = home.workdir_root(engine_config)
+    leftover = root / "0123456789abcdef01234567-1"
+    leftover.mkdir(parents=True)
+    (leftover / "input.json").write_text("{}")
+    make_engine(serve=True)
+    assert not leftover.exists()

@@ -84,7 +84,12 @@ class Engine:
             exclusive=True,
         )
         self.pool.add_flush_listener(self._on_flush)
-        self.pool.start()
+        try:
+            self.pool.start()
+        except BaseException:
+            listener.close()
+            self.pool = None
+            raise
         self._listener = listener
         listener.start()
         self._start_scheduler()

@@ -159,13 +159,14 @@ class Event:
     data: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        # The event's own fields come last, so that data cannot replace them.
         return {
+            **self.data,
             "id": self.id,
             "task_id": self.task_id,
             "attempt": self.attempt,
             "at": self.at,
             "kind": self.kind,
-            **self.data,
         }
 
 

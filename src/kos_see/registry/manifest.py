@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +56,9 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpu_seconds: int | None = Field(None, ge=1)
-    memory_mb: int | None = Field(None, ge=16)  # address space
+    # Address space, which counts every mapping of the interpreter (tens of
+    # MiB before any service code runs), hence the floor.
+    memory_mb: int | None = Field(None, ge=64)
     open_files: int | None = Field(None, ge=16)
     processes: int | None = Field(None, ge=1)
     file_size_mb: int | None = Field(None, ge=1)
@@ -158,6 +161,39 @@ def _check_entrypoint(folder: Path, manifest: Manifest, path: Path) -> None:
         raise ManifestError(
             f"{path}: entrypoint function {function!r} is not a Python identifier"
         )
+    if function is not None and function not in _top_level_names(entry):
+        raise ManifestError(
+            f"{path}: entrypoint {manifest.entrypoint!r}: {manifest.entry_file} "
+            f"defines no top-level function {function!r}"
+        )
+
+
+def _top_level_names(entry: Path) -> set[str]:
+    """Names a module binds at its top level, read without running it."""
+    try:
+        tree = ast.parse(entry.read_bytes(), filename=str(entry))
+    except SyntaxError as exc:
+        raise ManifestError(
+            f"{entry} is not valid Python: {exc.msg} (line {exc.lineno})"
+        ) from exc
+    names: set[str] = set()
+    statements = list(tree.body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            # Still the top level: a definition under `if` or `try` counts.
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                statements.extend(getattr(node, field, []))
+        elif isinstance(node, ast.ExceptHandler):
+            statements.extend(node.body)
+    return names
 
 
 def _describe(exc: ValidationError) -> str:

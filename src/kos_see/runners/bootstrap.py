@@ -96,8 +96,19 @@ def run(spec: dict[str, object]) -> int:
     try:
         if function:
             namespace = execute(entry_file, "kos_see_service")
+            call = namespace.get(str(function))
+            if not callable(call):
+                emit(
+                    {
+                        "type": "error",
+                        "retryable": False,
+                        "message": f"{spec['entry_file']} defines no function "
+                        f"{function!r} (the manifest's entrypoint)",
+                    }
+                )
+                return 1
             with open(os.environ["KOS_SEE_INPUT"], encoding="utf-8") as handle:
-                value = namespace[str(function)](json.load(handle))
+                value = call(json.load(handle))
             emit({"type": "result", "value": value})
         else:
             execute(entry_file, "__main__")
@@ -111,11 +122,20 @@ def run(spec: dict[str, object]) -> int:
         return 1
     except BaseException as exc:  # the service's error, reported, not ours
         retryable = bool(getattr(exc, "retryable", True))
-        message = f"{type(exc).__name__}: {exc}"
+        message = _describe(exc, spec)
         traceback.print_exc()
         emit({"type": "error", "message": message, "retryable": retryable})
         return 1
     return 0
+
+
+def _describe(exc: BaseException, spec: dict[str, object]) -> str:
+    if isinstance(exc, MemoryError):
+        limits = spec.get("limits") or {}
+        limit = limits.get("memory_mb") if isinstance(limits, dict) else None
+        within = f" of {limit} MiB (limits.memory_mb)" if limit else ""
+        return f"MemoryError: the attempt ran out of its address space{within}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main() -> None:

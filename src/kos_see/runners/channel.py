@@ -15,6 +15,10 @@ from typing import Any
 MAX_LINE = 4 * 1024 * 1024
 # JSON may escape a lone surrogate (backslash-u d800); UTF-8 cannot hold one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_RESULT_START = re.compile(rb'"type"\s*:\s*"result"')
+# Fields the engine sets on every event; a service's log or output record
+# may not forge them.
+_RESERVED = frozenset({"id", "task_id", "attempt", "at", "kind", "state", "from"})
 
 
 class CappedOutput:
@@ -49,6 +53,8 @@ class EventChannel:
     def __init__(self, event_cap: int, result_cap: int) -> None:
         self.event_cap = event_cap
         self.result_cap = result_cap
+        # A line must be able to hold the largest result that is accepted.
+        self.max_line = max(MAX_LINE, result_cap + 65536)
         self.pending: list[tuple[float, str, dict[str, Any]]] = []
         self.progress: tuple[float | None, float | None, str | None] | None = None
         self._progress_event: dict[str, Any] | None = None
@@ -72,8 +78,19 @@ class EventChannel:
                 self._skipping = False
                 continue
             self._line(line)
-        if len(self._partial) > MAX_LINE:
-            # A line this long is not an event; drop it through its newline.
+        if len(self._partial) > self.max_line:
+            # Too long to keep: drop it through its newline, and say so. A
+            # result this long is over the result cap, and fails as such.
+            if _RESULT_START.search(bytes(self._partial[:200])):
+                self.result_too_large = True
+                self.result = None
+            self._keep(
+                "log",
+                {
+                    "level": "warning",
+                    "message": f"event line over {self.max_line} bytes dropped",
+                },
+            )
             self._partial.clear()
             self._skipping = True
             self.dropped += 1
@@ -122,7 +139,13 @@ class EventChannel:
             self._progress(record)
         elif kind in ("log", "output"):
             record.pop("type")
-            self._keep(kind, record)
+            self._keep(
+                kind,
+                {
+                    (f"service_{key}" if key in _RESERVED else key): value
+                    for key, value in record.items()
+                },
+            )
         else:
             self._keep(
                 "log", {"level": "warning", "message": f"unknown event type {kind!r}"}

@@ -16,6 +16,7 @@ Run as ``python -I forkserver.py FD`` with FD the server's end of the socket.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -41,6 +42,8 @@ def _load_bootstrap():  # type: ignore[no-untyped-def]
 
 
 bootstrap = _load_bootstrap()
+_libc = ctypes.CDLL(None)
+_libc.getenv.restype = ctypes.c_void_p
 
 try:  # the service helper, warmed for the common case
     import kos_see.service  # noqa: F401
@@ -129,6 +132,7 @@ def _child(request: dict[str, object], fds: list[int], parent: int) -> None:
         os.chdir(str(spec["workdir"]))
         env = request["env"]
         assert isinstance(env, dict)
+        _mark_task(str(env.get("KOS_SEE_TASK_ID", "")))
         os.environ.clear()
         os.environ.update(env)
         os.environ["KOS_SEE_EVENTS_FD"] = str(CHILD_EVENTS_FD)
@@ -145,6 +149,17 @@ def _child(request: dict[str, object], fds: list[int], parent: int) -> None:
         traceback.print_exc()
         code = 70
     os._exit(code)
+
+
+def _mark_task(task_id: str) -> None:
+    """Write the task id over the blank one in this process's original
+    environment block, which is what /proc/<pid>/environ shows, for this
+    child and for whatever it forks."""
+    address = _libc.getenv(b"KOS_SEE_TASK_ID")
+    blank = len(os.environ.get("KOS_SEE_TASK_ID", ""))
+    if not address or len(task_id) != blank:
+        return
+    ctypes.memmove(address, task_id.encode(), blank)
 
 
 def _reap(sock: socket.socket, leaders: set[int]) -> None:
@@ -193,8 +208,6 @@ def _max_fd() -> int:
 
 
 def _become_subreaper() -> None:
-    import ctypes
-
     try:
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):

@@ -94,6 +94,20 @@ class ColdLauncher:
         return _ColdProcess(popen)
 
 
+# The fork server's environment holds this blank task id; each child writes
+# its own task id over it in place, so that /proc/<pid>/environ of the child
+# and of anything it forks names the attempt (see reaper.py).
+TASK_ID_MARK = "KOS_SEE_TASK_ID"
+BLANK_TASK_ID = "-" * 24
+
+
+def fork_server_env() -> dict[str, str]:
+    # Each child replaces its environment; a small one is cheaper to clear.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")}
+    env[TASK_ID_MARK] = BLANK_TASK_ID
+    return env
+
+
 def exit_from_status(status: int, usage: Any) -> Exit:
     code = sig = None
     if os.WIFSIGNALED(status):
@@ -239,8 +253,7 @@ class ForkServerLauncher:
             ],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
-            # Each child replaces its environment; a small one is cheaper to clear.
-            env={k: v for k, v in os.environ.items() if k in ("PATH", "LANG")},
+            env=fork_server_env(),
         )
         theirs.close()
         return mine

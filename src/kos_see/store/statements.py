@@ -193,6 +193,9 @@ claim = (
         attempts=tasks.c.attempts + 1,
         cancel_requested=False,
         updated_at=bindparam("now"),
+        # The previous attempt's error stays on its attempt row, not the task.
+        error=None,
+        error_kind=None,
     )
     .returning(*tasks.c)
 )

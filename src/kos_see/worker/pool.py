@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kos_see.config import EngineConfig
-from kos_see.errors import ServiceChanged, StoreUnavailable
+from kos_see.errors import ConfigError, ServiceChanged, StoreUnavailable
 from kos_see.models import (
     AttemptEvents,
     AttemptFinished,
@@ -38,6 +38,7 @@ from kos_see.queue.fair import Policy, Rules
 from kos_see.queue.retry import RetryPolicy, next_state
 from kos_see.registry import Manifest, Registry
 from kos_see.runners.base import AttemptControl, AttemptOutcome, AttemptSpec, Runner
+from kos_see.runners.local import remove_workdir
 from kos_see.states import TaskState
 from kos_see.store import Store
 from kos_see.worker.reaper import OrphanSweeper, become_subreaper
@@ -131,6 +132,7 @@ class WorkerPool:
     # lifecycle
 
     def start(self) -> None:
+        self._check_workdir_root()
         now = time.time()
         rescued = self.store.rescue(
             now, foreign_owners_too=self.exclusive, owner=self.owner
@@ -154,6 +156,26 @@ class WorkerPool:
             "worker pool started",
             extra={"action": "pool_started", "owner": self.owner, "slots": self.slots},
         )
+
+    def _check_workdir_root(self) -> None:
+        """Fail at start, naming the folder, if attempts could not get a
+        working directory; and clear what a killed engine left there."""
+        root = self.workdir_root
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = root / f".probe-{os.getpid()}"
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            raise ConfigError(
+                f"attempts' working directories cannot be made in {root} "
+                f"({exc.strerror}); set execution.workdir_root to a writable folder"
+            ) from exc
+        if self.exclusive and not self.config.execution.keep_workdirs:
+            # Only this engine serves the home: everything here is left over
+            # from attempts of an engine that did not stop cleanly.
+            for leftover in root.iterdir():
+                remove_workdir(leftover)
 
     def wake(self, reason: str = "submit") -> None:
         if reason == "cancel":
@@ -195,6 +217,10 @@ class WorkerPool:
             self._control_thread.join(timeout=5)
         self._flush()
         self.runner.close()
+        try:
+            self.workdir_root.rmdir()  # only if empty; a kept one stays
+        except OSError:
+            pass
         log.info(
             "worker pool stopped", extra={"action": "pool_stopped", "owner": self.owner}
         )

@@ -4,9 +4,12 @@ A service may start a grandchild that leaves its group (``setsid``) and
 outlives the attempt. The serving process declares itself a child subreaper,
 so such orphans are re-parented to it rather than to init; a sweep then finds
 its children that carry an attempt's ``KOS_SEE_TASK_ID`` but belong to no
-running attempt, kills them and reaps them. A process that escaped
-with neither the attempt's environment nor its working directory is not
-recognised; cgroups close that gap where the host offers them.
+running attempt, kills them and reaps them. Children of the fork
+server never exec'd, so their recorded environment is the server's: each
+writes its task id over a blank one there (see ``forkserver._mark_task``). A
+process that exec'd with a scrubbed environment after leaving the working
+directory is not recognised; cgroups close that gap where the host offers
+them.
 """
 
 from __future__ import annotations
@@ -135,7 +138,9 @@ def _task_of(pid: int) -> str | None:
         return None
     for item in environ.split(b"\0"):
         if item.startswith(_MARK):
-            return item[len(_MARK) :].decode(errors="replace")
+            task_id = item[len(_MARK) :].decode(errors="replace")
+            # The fork server's own blank mark names no attempt.
+            return None if task_id.strip("-") == "" else task_id
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
