@@ -137,8 +137,6 @@ def query_plan(engine: Engine, statement: Any, params: dict[str, Any]) -> list[s
     return [row[-1] for row in rows]
 
 
-
-
 @pytest.mark.parametrize(
     ("statement", "params", "index"),
     [

@@ -5,7 +5,8 @@ the specification's keys and defaults; ``[store]`` and ``[logging]`` cover what
 it leaves open. Unknown keys, wrong types and impossible values fail at load
 time with the dotted key named. Environment variables override the file:
 ``KOS_SEE_<SECTION>__<KEY>``, the value read as a TOML value when it parses as
-one (``KOS_SEE_EXECUTION__MAX_CONCURRENT_TASKS=4``), else as a string.
+one (``KOS_SEE_EXECUTION__MAX_CONCURRENT_TASKS=4``), else as a string. An
+error in an overridden key names the environment variable, not the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -62,7 +64,8 @@ class ExecutionConfig(_Section):
     event_cap: int = Field(10000, ge=1)
     result_cap_bytes: int = Field(1048576, ge=1)
     keep_workdirs: bool = False
-    workdir_root: str = ""  # empty: <home>/work
+    # Empty: a private folder on /dev/shm when the host has one, else <home>/work.
+    workdir_root: str = ""
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> ExecutionConfig:
@@ -157,9 +160,23 @@ class TelemetryConfig(_Section):
     provider: Literal["prometheus", "none"] = "prometheus"
 
 
+STORE_SCHEMES = ("sqlite",)
+
+
 class StoreConfig(_Section):
     # Empty means the embedded SQLite database in the engine's home.
     url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str) -> str:
+        scheme, sep, _ = url.partition("://")
+        if url and not (sep and scheme.partition("+")[0] in STORE_SCHEMES):
+            raise ValueError(
+                "not a supported store URL; this engine stores in SQLite: "
+                "sqlite:///PATH, or empty for the database in the home"
+            )
+        return url
 
 
 class LoggingConfig(_Section):
@@ -185,13 +202,22 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None and path.exists():
         data = _read_toml(path)
-    overrides = env_overrides(os.environ if environ is None else environ)
+    source = str(path) if path is not None and path.exists() else "defaults"
+    in_file = set(data)
+    environ = os.environ if environ is None else environ
+    overrides = env_overrides(environ)
     for section, values in overrides.items():
         merged = data.setdefault(section, {})
         if not isinstance(merged, dict):
-            raise ConfigError(f"config key {section!r} must be a table [{section}]")
+            raise ConfigError(
+                f"config key {section!r} in {source} must be a table [{section}] "
+                "for the environment to override its keys"
+            )
         merged.update(values)
-    return validate_config(data, source=str(path) if path else "defaults")
+    try:
+        return EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, env_names(environ), in_file)) from exc
 
 
 def validate_config(data: Mapping[str, Any], source: str = "config") -> EngineConfig:
@@ -204,11 +230,27 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> EngineCo
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        out.setdefault(section, {})[key] = _toml_value(raw)
+        key = _env_key(name)
+        if key is not None:
+            out.setdefault(key[0], {})[key[1]] = _toml_value(raw)
     return out
+
+
+def env_names(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """(section, key) -> the environment variable that overrides it."""
+    out: dict[tuple[str, str], str] = {}
+    for name in environ:
+        key = _env_key(name)
+        if key is not None:
+            out[key] = name
+    return out
+
+
+def _env_key(name: str) -> tuple[str, str] | None:
+    if not name.startswith(ENV_PREFIX) or "__" not in name:
+        return None
+    section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+    return section, key
 
 
 def _toml_value(raw: str) -> Any:
@@ -227,13 +269,52 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe(
+    exc: ValidationError,
+    source: str,
+    env: Mapping[tuple[str, str], str] | None = None,
+    in_file: set[str] | None = None,
+) -> str:
+    """One line per error, each naming its dotted key and, where the
+    environment set it, the variable; the heading names where the errors came
+    from (the file, the environment, or both)."""
+    env = env or {}
+    in_file = in_file or set()
     lines = []
+    from_file = from_env = False
     for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = tuple(str(part) for part in err["loc"])
+        key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {key!r}")
+            line = f"unknown key {key!r}"
         else:
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message} (got {err.get('input')!r})")
-    return f"invalid configuration in {source}: " + "; ".join(lines)
+            got = err.get("input")
+            # A whole section's values say nothing the message does not.
+            line = f"{key}: {message}" + (
+                "" if isinstance(got, dict) else f" (got {got!r})"
+            )
+        if loc[:2] in env:  # a key (or a part of one) that a variable set
+            line += f" from environment variable {env[loc[:2]]}"
+            from_env = True
+        elif len(loc) == 1:  # a whole section: the file's and the variables'
+            names = sorted(name for (sec, _), name in env.items() if sec == loc[0])
+            if names:
+                # An unknown section comes from its variables; a rule across
+                # keys may involve them.
+                plural = "s" if len(names) > 1 else ""
+                listed = f"environment variable{plural} {', '.join(names)}"
+                unknown = err["type"] == "extra_forbidden"
+                line += f" from {listed}" if unknown else f" (with {listed})"
+                from_env = True
+            from_file = from_file or not names or loc[0] in in_file
+        else:
+            from_file = True
+        lines.append(line)
+    if from_env and not from_file:
+        where = "the environment"
+    elif from_env:
+        where = f"{source} and the environment"
+    else:
+        where = source
+    return f"invalid configuration in {where}: " + "; ".join(lines)

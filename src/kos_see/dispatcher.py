@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 QUEUE_CLASSES = ("realtime", "batch", "deferred", "scheduled")
 RUN_CLASSES = ("realtime", "batch")
 MAX_INPUT_BYTES = 1024 * 1024
+# Tenants and principals are names in logs, quotas and config keys.
+IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+MAX_IDEMPOTENCY_KEY = 200
+# A not-before time further ahead than this is a mistake, not a plan.
+MAX_NOT_BEFORE_AHEAD = 10 * 365.25 * 86400
 
 Notifier = Callable[[str], None]
 
@@ -72,6 +78,29 @@ def digest_text(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_identity(tenant: object, principal: object) -> None:
+    """Refuse a tenant or principal that is not a plain name."""
+    for field, value in (("tenant", tenant), ("principal", principal)):
+        if not isinstance(value, str) or not IDENTITY.fullmatch(value):
+            raise RequestRefused(
+                f"{field} {value!r} is not a valid name: 1 to 64 letters, digits "
+                "and _ . @ -, starting with a letter or digit",
+                field=field,
+            )
+
+
+def check_idempotency_key(key: object) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        shown = f"of {len(key)} characters" if isinstance(key, str) else repr(key)
+        raise RequestRefused(
+            f"idempotency key {shown} is not valid: give 1 to "
+            f"{MAX_IDEMPOTENCY_KEY} characters",
+            field="idempotency_key",
+        )
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -88,6 +117,8 @@ class Dispatcher:
 
     def submit(self, request: SubmitRequest, now: float | None = None) -> Submitted:
         now = time.time() if now is None else now
+        check_identity(request.tenant, request.principal)
+        check_idempotency_key(request.idempotency_key)
         record, manifest = self.registry.resolve(request.service)
         input_text = self._check_input(request.input, manifest.input_schema, record.ref)
         queue_class, run_class = self._classes(request, manifest.queue_class, now)
@@ -175,7 +206,7 @@ class Dispatcher:
     def _check_input(self, value: Any, schema: dict[str, Any], ref: str) -> str:
         try:
             text = canonical_json(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InputInvalid(
                 f"input for {ref} is not JSON-serialisable: {exc}",
                 [{"path": "$", "message": str(exc)}],
@@ -187,7 +218,13 @@ class Dispatcher:
                 [{"path": "$", "message": "too large"}],
             )
         validator = self._validator(ref, schema)
-        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        try:
+            errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+        except RecursionError as exc:
+            raise InputInvalid(
+                f"input for {ref} is nested too deeply to check against its schema",
+                [{"path": "$", "message": "nested too deeply"}],
+            ) from exc
         if errors:
             violations = [{"path": e.json_path, "message": e.message} for e in errors]
             listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
@@ -225,6 +262,14 @@ class Dispatcher:
         if request.not_before is not None and not math.isfinite(request.not_before):
             raise RequestRefused(
                 f"not-before time {request.not_before!r} is not a time"
+            )
+        if request.not_before is not None and (
+            request.not_before > now + MAX_NOT_BEFORE_AHEAD
+        ):
+            raise RequestRefused(
+                f"not-before time {request.not_before!r} is more than 10 years "
+                "ahead; a task may be deferred 10 years at most",
+                field="not_before",
             )
         asked = request.queue_class
         if asked is not None and asked not in QUEUE_CLASSES:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
 from kos_see.cli.context import CliContext
@@ -43,8 +45,9 @@ HomeOption = Annotated[
     typer.Option(
         "--home",
         envvar="KOS_SEE_HOME",
-        help="The engine's home folder (config and embedded store). "
-        "Default: $KOS_SEE_HOME, else ~/.kos-see.",
+        help="The engine's home folder (config and embedded store); may be "
+        "given before or after the command. Default: $KOS_SEE_HOME, else "
+        "~/.kos-see.",
         show_envvar=False,
     ),
 ]
@@ -69,8 +72,8 @@ def init(
         emit_json({"home": str(context.home.root), "created": created})
         return
     verb = "created" if created else "already exists:"
-    console.print(f"home {verb} {context.home.root}")
-    console.print(f"config: {context.home.config_path}")
+    console.print(f"home {verb} {context.home.root}", markup=False, highlight=False)
+    console.print(f"config: {context.home.config_path}", markup=False)
 
 
 @config_app.command("show")
@@ -86,19 +89,25 @@ def config_show(
     if as_json:
         emit_json(document)
         return
-    console.print(f"# effective configuration for {context.home.root}")
+    console.print(
+        f"# effective configuration for {context.home.root}",
+        markup=False,
+        highlight=False,
+    )
     for section, values in document.items():
-        console.print(f"\n[bold][{section}][/bold]", highlight=False)
+        console.print()
+        console.print(Text(f"[{section}]", style="bold"), highlight=False)
         for key, value in values.items():
             console.print(f"{key} = {json.dumps(value)}", highlight=False, markup=False)
 
 
 def main() -> None:
-    wants_json = "--json" in sys.argv
+    args = hoist_home(sys.argv[1:])
+    wants_json = "--json" in args
     try:
         # Without standalone mode, an Exit raised by a command comes back as
         # its code instead of ending the process.
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="kos-see", standalone_mode=False)
     except KosSeeError as exc:
         _report(exc.to_dict(), exc.message, wants_json)
         sys.exit(exc.exit_code)
@@ -113,7 +122,9 @@ def main() -> None:
         if show is not None:
             show()
         else:
-            errors.print(f"[red]error:[/red] {exc.format_message()}", highlight=False)
+            errors.print(
+                f"[red]error:[/red] {escape(exc.format_message())}", highlight=False
+            )
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -131,4 +142,28 @@ def _report(document: dict[str, object], message: str, wants_json: bool) -> None
     if wants_json:
         emit_json(document)
     else:
-        errors.print(f"[red]error:[/red] {message}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+
+
+def hoist_home(args: list[str]) -> list[str]:
+    """``args`` with every ``--home DIR`` and ``--home=DIR`` moved to the
+    front, where the root command reads it, so that it may follow the
+    subcommand (``kos-see init --home DIR``). Nothing after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg == "--home" and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--home="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest

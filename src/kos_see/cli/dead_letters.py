@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from kos_see.cli.context import CliContext
-from kos_see.cli.output import console, emit_json, errors, when
+from kos_see.cli.output import console, emit_json, errors, id_column, plain, when
 from kos_see.states import TaskState
 from kos_see.store import TaskFilter
 
@@ -50,15 +50,22 @@ def dead_letters(
     if not found:
         console.print("no dead tasks")
         return
-    table = Table("task", "service", "tenant", "attempts", "finished", "last error")
+    table = Table(
+        id_column("task", (t.id for t in found)),
+        "service",
+        "tenant",
+        "attempts",
+        "finished",
+        "last error",
+    )
     for t in found:
         table.add_row(
-            t.id,
-            f"{t.service}@{t.version}",
-            t.tenant,
+            plain(t.id),
+            plain(f"{t.service}@{t.version}"),
+            plain(t.tenant),
             str(t.attempts),
             when(t.finished_at),
-            t.error or "-",
+            plain(t.error or "-"),
         )
     console.print(table)
 
@@ -81,6 +88,7 @@ def retry(
             f"queued; no engine is serving {context.home.root} now: start one with "
             "'kos-see serve' to run it",
             highlight=False,
+            markup=False,
         )
     if as_json:
         emit_json({**task.to_dict(), "served": served})
@@ -88,4 +96,5 @@ def retry(
     console.print(
         f"{task.id} requeued: {task.max_attempts - task.attempts} more attempts",
         highlight=False,
+        markup=False,
     )

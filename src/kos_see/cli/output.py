@@ -1,16 +1,27 @@
-"""How the CLI prints: Rich for people, one JSON document with ``--json``."""
+"""How the CLI prints: Rich for people, one JSON document with ``--json``.
+
+Data (ids, names, paths, messages, errors, results) never goes through Rich's
+markup parser: it is printed with ``markup=False``, as :func:`plain` Text, or
+escaped with :func:`rich.markup.escape`, so that square brackets in it are
+shown as they are instead of being taken for style tags.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Column
+from rich.text import Text
 
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+# No emoji codes either: ":x:" in a message stays ":x:".
+console = Console(soft_wrap=True, emoji=False)
+errors = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def emit_json(document: Any) -> None:
@@ -30,7 +41,11 @@ def duration(seconds: float | None) -> str:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
+    if seconds < 120 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 STATE_STYLE = {
@@ -46,6 +61,25 @@ STATE_STYLE = {
 }
 
 
-def state_text(state: str) -> str:
+def state_text(state: str) -> Text:
+    """A task state, coloured."""
+    return Text(state, style=STATE_STYLE.get(state, "white"))
+
+
+def state_markup(state: str) -> str:
+    """A task state as Rich markup, for templates that take markup."""
     style = STATE_STYLE.get(state, "white")
-    return f"[{style}]{state}[/{style}]"
+    return f"[{style}]{escape(state)}[/{style}]"
+
+
+def plain(value: object) -> Text:
+    """``value`` as a Rich Text cell: shown verbatim, never parsed as markup."""
+    return Text("" if value is None else str(value))
+
+
+def id_column(header: str, ids: Iterable[str]) -> Column:
+    """A table column for ``ids``: as wide as the longest, never wrapped or
+    cut, so that an id can be copied whole from a narrow terminal; the other
+    columns give way."""
+    width = max((len(i) for i in ids), default=len(header))
+    return Column(header, no_wrap=True, overflow="ignore", min_width=width)

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from kos_see.cli.context import CliContext
-from kos_see.cli.output import console, emit_json
+from kos_see.cli.output import console, emit_json, plain
 from kos_see.cli.tasks import parse_input
 from kos_see.queue.scheduler import Scheduler
 from kos_see.queue.schedules import local_iso, utc_iso
@@ -99,6 +99,7 @@ def add(
         f"added schedule {record.name}: {record.cron} ({record.timezone}), "
         f"next fire {_next(record)}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -114,13 +115,13 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     for r in records:
         doc = document(r)
         table.add_row(
-            r.name,
-            r.cron,
-            r.timezone,
-            r.service,
+            plain(r.name),
+            plain(r.cron),
+            plain(r.timezone),
+            plain(r.service),
             "yes" if r.paused else "no",
-            doc["next_fire_local"] or "-",
-            doc["next_fire_utc"] or "-",
+            plain(doc["next_fire_local"] or "-"),
+            plain(doc["next_fire_utc"] or "-"),
         )
     console.print(table)
 
@@ -149,7 +150,7 @@ def remove(ctx: typer.Context, name: NameArg, as_json: JsonFlag = False) -> None
     if as_json:
         emit_json({**document(record), "removed": True})
         return
-    console.print(f"removed schedule {record.name}", highlight=False)
+    console.print(f"removed schedule {record.name}", highlight=False, markup=False)
 
 
 @contextmanager
@@ -175,4 +176,6 @@ def _done(record: ScheduleRecord, verb: str, as_json: bool) -> None:
         emit_json(document(record))
         return
     state = "paused" if record.paused else f"next fire {_next(record)}"
-    console.print(f"{verb} schedule {record.name}: {state}", highlight=False)
+    console.print(
+        f"{verb} schedule {record.name}: {state}", highlight=False, markup=False
+    )

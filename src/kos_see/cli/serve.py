@@ -56,6 +56,7 @@ def serve(
             f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
             "(Ctrl-C stops gracefully)",
             highlight=False,
+            markup=False,
         )
         while not stop.wait(1.0):
             pass

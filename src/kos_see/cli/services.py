@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kos_see.cli.context import CliContext
-from kos_see.cli.output import console, emit_json, when
+from kos_see.cli.output import console, emit_json, plain, when
 from kos_see.errors import ServiceNotFound
 from kos_see.registry.registry import parse_ref
 
@@ -38,7 +39,10 @@ def add(
         return
     for record, new in added:
         verb = "registered" if new else "already registered"
-        console.print(f"{verb} {record.ref} ({record.digest[:19]}) from {record.path}")
+        console.print(
+            f"{verb} {record.ref} ({record.digest[:19]}) from {record.path}",
+            markup=False,
+        )
 
 
 @app.command("list")
@@ -68,10 +72,10 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     table = Table("service", "version", "digest", "description", "registered")
     for r in records:
         table.add_row(
-            r.name,
-            r.version,
-            r.digest[7:19],
-            r.manifest.get("description", ""),
+            plain(r.name),
+            plain(r.version),
+            plain(r.digest[7:19]),
+            plain(r.manifest.get("description", "")),
             when(r.registered_at),
         )
     console.print(table)
@@ -106,9 +110,11 @@ def show(
         emit_json(document)
         return
     console.print(
-        f"[bold]{record.ref}[/bold]  {record.manifest.get('description', '')}"
+        Text.assemble(
+            (record.ref, "bold"), "  ", str(record.manifest.get("description", ""))
+        )
     )
-    console.print(f"digest   {record.digest}")
-    console.print(f"folder   {record.path}")
-    console.print(f"added    {when(record.registered_at)}")
+    console.print(f"digest   {record.digest}", markup=False)
+    console.print(f"folder   {record.path}", markup=False)
+    console.print(f"added    {when(record.registered_at)}", markup=False)
     console.print_json(json.dumps(record.manifest))

@@ -11,11 +11,21 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kos_see.cli.context import CliContext
-from kos_see.cli.output import console, duration, emit_json, errors, state_text, when
+from kos_see.cli.output import (
+    console,
+    duration,
+    emit_json,
+    errors,
+    id_column,
+    plain,
+    state_text,
+    when,
+)
 from kos_see.cli.watch import watch_tasks
-from kos_see.dispatcher import SubmitRequest
+from kos_see.dispatcher import MAX_NOT_BEFORE_AHEAD, SubmitRequest
 from kos_see.durations import parse_duration
 from kos_see.engine import Engine
 from kos_see.errors import KosSeeError, TaskFailed, UsageError
@@ -50,12 +60,38 @@ def parse_input(text: str | None) -> Any:
         except UnicodeDecodeError as exc:
             raise UsageError(f"input file {source!r} is not UTF-8 text") from exc
     try:
-        return json.loads(text)
+        return json.loads(
+            text, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
             f"{exc.colno}"
         ) from exc
+    except _NotJson as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(
+            f"{source} is nested too deeply to read; flatten the input"
+        ) from exc
+
+
+class _NotJson(ValueError):
+    """Text that Python's json module reads but JSON does not allow."""
+
+
+def _no_constant(name: str) -> Any:
+    # Python reads NaN, Infinity and -Infinity; JSON has no such values.
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _NotJson(f"duplicate key {key!r} in an object")
+        out[key] = value
+    return out
 
 
 def _not_before(delay: str | None, at: str | None) -> float | None:
@@ -63,9 +99,15 @@ def _not_before(delay: str | None, at: str | None) -> float | None:
         raise UsageError("give --delay or --not-before, not both")
     if delay:
         try:
-            return time.time() + parse_duration(delay)
+            seconds = parse_duration(delay)
         except ValueError as exc:
             raise UsageError(f"--delay: {exc}") from exc
+        if seconds > MAX_NOT_BEFORE_AHEAD:
+            raise UsageError(
+                f"--delay {delay!r} is more than 10 years; a task may be deferred "
+                "10 years at most"
+            )
+        return time.time() + seconds
     if at:
         try:
             moment = datetime.fromisoformat(at)
@@ -87,7 +129,8 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the end.")] = False,
     wait_timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds --wait waits at most.")
+        float | None,
+        typer.Option("--timeout", min=0, help="Seconds --wait waits at most."),
     ] = None,
     priority: Annotated[int | None, typer.Option("--priority")] = None,
     queue_class: Annotated[
@@ -130,13 +173,14 @@ def submit(
             f"queued; no engine is serving {ctx.obj.home.root} now: start one with "
             "'kos-see serve' to run it",
             highlight=False,
+            markup=False,
         )
     if as_json:
         emit_json({**task.to_dict(), "created": submitted.created, "served": served})
     elif wait:
         _print_task(task)
     else:
-        console.print(task.id, highlight=False)
+        console.print(task.id, highlight=False, markup=False)
     if wait:
         _exit_for(task)
 
@@ -185,6 +229,7 @@ def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
             f"{duration(took)}  cpu {a.cpu_seconds or 0:.2f}s  "
             f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB",
             highlight=False,
+            markup=False,
         )
 
 
@@ -289,11 +334,14 @@ def cancel(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     if as_json:
         emit_json(task.to_dict())
     elif task.state == TaskState.CANCELLED:
-        console.print(f"{task.id} cancelled")
+        console.print(f"{task.id} cancelled", markup=False)
     elif task.cancel_requested:
-        console.print(f"{task.id} is {task.state.value}; its worker is stopping it")
+        console.print(
+            f"{task.id} is {task.state.value}; its worker is stopping it",
+            markup=False,
+        )
     else:
-        console.print(f"{task.id} already ended: {task.state.value}")
+        console.print(f"{task.id} already ended: {task.state.value}", markup=False)
 
 
 def _engine(ctx: typer.Context) -> Engine:
@@ -322,17 +370,29 @@ def _attempt_summary(attempt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attempt.items() if k not in ("stdout", "stderr")}
 
 
-def _print_task(task: TaskRecord) -> None:
+def _print_task(task: TaskRecord, now: float | None = None) -> None:
+    now = time.time() if now is None else now
     console.print(
-        f"[bold]{task.id}[/bold]  {task.service}@{task.version}  "
-        f"{state_text(task.state.value)}  attempts {task.attempts}/"
-        f"{task.max_attempts}"
+        Text.assemble(
+            (task.id, "bold"),
+            f"  {task.service}@{task.version}  ",
+            state_text(task.state.value),
+            f"  attempts {task.attempts}/{task.max_attempts}",
+        )
     )
+    if task.state == TaskState.QUEUED and task.not_before > now:
+        console.print(
+            f"  not before {when(task.not_before)} "
+            f"(in {duration(task.not_before - now)})",
+            highlight=False,
+            markup=False,
+        )
     if task.progress_done is not None:
         total = f"/{task.progress_total:g}" if task.progress_total else ""
         console.print(
             f"  progress {task.progress_done:g}{total} {task.progress_message or ''}",
             highlight=False,
+            markup=False,
         )
     if task.error:
         console.print(f"  error: {task.error}", highlight=False, markup=False)
@@ -343,17 +403,24 @@ def _print_task(task: TaskRecord) -> None:
 
 
 def print_table(found: list[TaskRecord]) -> None:
-    table = Table("task", "service", "state", "tries", "took", "result or error")
+    table = Table(
+        id_column("task", (t.id for t in found)),
+        "service",
+        "state",
+        "tries",
+        "took",
+        "result or error",
+    )
     for t in found:
         took = None if t.finished_at is None else t.finished_at - t.created_at
         detail = t.error if t.error else _short(t.result or "", 70)
         table.add_row(
-            t.id,
-            f"{t.service}@{t.version}",
+            plain(t.id),
+            plain(f"{t.service}@{t.version}"),
             state_text(t.state.value),
             str(t.attempts),
             duration(took),
-            detail,
+            plain(detail),
         )
     console.print(table)
 

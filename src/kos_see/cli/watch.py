@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import timedelta
 
 from rich.progress import (
     BarColumn,
@@ -17,10 +18,9 @@ from rich.progress import (
     Progress,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
 )
 
-from kos_see.cli.output import console, state_text
+from kos_see.cli.output import console, state_markup
 from kos_see.engine import Engine
 from kos_see.models import TaskRecord
 
@@ -49,18 +49,25 @@ def _stream_json(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecor
 
 
 def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    # Service names and progress messages are data, never markup; the state
+    # column's markup is made by state_markup. The elapsed time is the task's
+    # own, from the store, not the time since this watch began.
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[state]}"),
-        TextColumn("{task.fields[message]}", style="dim"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}", style="dim", markup=False),
+        TextColumn("{task.fields[elapsed]}", style="yellow", markup=False),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars: dict[str, TaskID] = {
             tid: progress.add_task(
-                f"{t.service} {tid[-8:]}", total=None, state="", message=""
+                f"{t.service} {tid[-8:]}",
+                total=None,
+                state="",
+                message="",
+                elapsed=elapsed_text(t),
             )
             for tid, t in tasks.items()
         }
@@ -71,6 +78,16 @@ def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRec
             if all(t.terminal for t in tasks.values()):
                 return list(tasks.values())
             time.sleep(INTERVAL)
+
+
+def elapsed_text(task: TaskRecord, now: float | None = None) -> str:
+    """How long the task has taken, as H:MM:SS: from its submission to its end,
+    or to ``now`` while it has not ended."""
+    end = task.finished_at if task.terminal else None
+    if end is None:
+        end = time.time() if now is None else now
+    seconds = max(0, int(end - task.created_at))
+    return str(timedelta(seconds=seconds))
 
 
 def _update(progress: Progress, bar: TaskID, task: TaskRecord) -> None:
@@ -84,8 +101,9 @@ def _update(progress: Progress, bar: TaskID, task: TaskRecord) -> None:
         bar,
         total=total,
         completed=done,
-        state=state_text(task.state.value),
+        state=state_markup(task.state.value),
         message=message,
+        elapsed=elapsed_text(task),
     )
     if task.terminal:
         progress.stop_task(bar)

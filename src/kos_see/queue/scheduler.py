@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kos_see.config import SchedulesConfig
-from kos_see.dispatcher import Dispatcher, SubmitRequest, Submitted
+from kos_see.dispatcher import Dispatcher, SubmitRequest, Submitted, check_identity
 from kos_see.errors import IdempotencyConflict, KosSeeError, RequestRefused
 from kos_see.queue.schedules import (
     CronTimes,
@@ -116,6 +116,7 @@ class Scheduler:
         match its schema now (both are checked again at every fire)."""
         now = self.clock() if now is None else now
         check_name(name)
+        check_identity(tenant, principal)
         times = CronTimes(cron, timezone)
         policy = check_misfire(misfire or self.config.misfire)
         record, manifest = self.dispatcher.registry.resolve(service)
