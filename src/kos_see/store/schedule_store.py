@@ -13,6 +13,7 @@ queue on the same in-process write lock as every other write of the store.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ class ScheduleStore:
         try:
             with self.store._write() as conn:
                 conn.execute(schedules.insert().values(**asdict(record)))
-        except sa.exc.IntegrityError as exc:
+        except (sa.exc.IntegrityError, sqlite3.IntegrityError) as exc:
             raise ScheduleExists(
                 f"a schedule named {record.name!r} exists already; remove it "
                 "first or choose another name",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,8 +31,10 @@ from kos_see.models import (
 from kos_see.queue.fair import LANES, Candidate, Plan, Rules, Snapshot, plan
 from kos_see.queue.stats import Depth, QueueStats, TenantUse, waiting_reasons
 from kos_see.states import TERMINAL, TaskState, check_transition
+from kos_see.store import driver
 from kos_see.store import statements as q
 from kos_see.store.base import RefusedWrite, Renewal, Store, TaskFilter
+from kos_see.store.driver import DriverConnection
 from kos_see.store.schema import (
     attempts,
     events,
@@ -48,6 +51,13 @@ _WAITING = (TaskState.RECEIVED.value, TaskState.QUEUED.value)
 
 
 class SqlStore(Store):
+    """The store on SQLAlchemy Core statements.
+
+    On SQLite the statements run on plain ``sqlite3`` connections (see
+    ``driver.py``): each thread reads on a connection of its own, and writes
+    go through one connection under a lock.
+    """
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # SQLite admits one writer at a time, and a writer that finds the lock
@@ -55,26 +65,58 @@ class SqlStore(Store):
         # on this lock instead, which hands over in microseconds; other
         # processes still meet SQLite's own busy wait.
         self._write_lock = threading.Lock()
+        self._path = engine.url.database or ":memory:"
+        self._writer: DriverConnection | None = None
+        self._local = threading.local()
+        self._readers: list[DriverConnection] = []
+        self._readers_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self._write_lock, self.engine.begin() as conn:
+    def _write(self) -> Iterator[Any]:
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = DriverConnection(driver.connect(self._path))
+            conn = self._writer
+            try:
+                conn.begin_immediate()
                 yield conn
-        except sa.exc.OperationalError as exc:
-            raise _unavailable(exc) from exc
+                conn.commit()
+            except sqlite3.OperationalError as exc:
+                conn.rollback()
+                raise _unavailable(exc) from exc
+            except BaseException:
+                conn.rollback()
+                raise
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, snapshot: bool = False) -> Iterator[Any]:
+        """A reader's connection. By default each statement reads committed
+        data on its own; with ``snapshot`` the whole block reads one snapshot."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = DriverConnection(driver.connect(self._path))
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
         try:
-            with self.engine.connect() as conn:
-                conn.execution_options(sqlite_begin="NONE")
-                yield conn
-        except sa.exc.OperationalError as exc:
+            if snapshot:
+                conn.raw.execute("BEGIN DEFERRED")
+            yield conn
+        except sqlite3.OperationalError as exc:
             raise _unavailable(exc) from exc
+        finally:
+            conn.rollback()
 
     # services
 
@@ -102,14 +144,8 @@ class SqlStore(Store):
         return None if row is None else _service(row)
 
     def latest_version(self, name: str) -> str | None:
-        query = (
-            sa.select(services.c.version)
-            .where(services.c.name == name)
-            .order_by(services.c.registered_at.desc())
-            .limit(1)
-        )
         with self._read() as conn:
-            return conn.execute(query).scalar()
+            return conn.execute(q.latest_version, {"name": name}).scalar()
 
     def list_services(self) -> list[ServiceRecord]:
         query = sa.select(services).order_by(services.c.name, services.c.registered_at)
@@ -139,7 +175,7 @@ class SqlStore(Store):
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            row = conn.execute(q.task_by_id, {"task_id": task_id}).first()
         return None if row is None else _task(row)
 
     def list_tasks(self, where: TaskFilter) -> list[TaskRecord]:
@@ -637,9 +673,7 @@ class SqlStore(Store):
         if heads is not None:
             ready_rows = ready_rows.where(ranked.c.n <= heads)
         ready_rows = ready_rows.distinct()
-        with self._read() as conn:
-            # Several statements: read them from one snapshot.
-            conn.execution_options(sqlite_begin="DEFERRED")
+        with self._read(snapshot=True) as conn:
             found = conn.execute(depth_rows).all()
             ready: dict[str, dict[str, set[str]]] = {}
             for tenant, ready_lane, service in conn.execute(ready_rows):
@@ -724,5 +758,5 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
     return TaskRecord(**values)
 
 
-def _unavailable(exc: sa.exc.OperationalError) -> StoreUnavailable:
-    return StoreUnavailable(f"the store is unavailable: {exc.orig}")
+def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable:
+    return StoreUnavailable(f"the store is unavailable: {exc}")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy import bindparam
 
-from kos_see.store.schema import attempts, events, fair_share, queue_state, tasks
+from kos_see.store.schema import (
+    attempts,
+    events,
+    fair_share,
+    queue_state,
+    services,
+    tasks,
+)
 
 QUEUED = "queued"
 HELD = ("leased", "running")
@@ -19,6 +26,13 @@ HELD = ("leased", "running")
 insert_task = tasks.insert()
 insert_events = events.insert()
 insert_attempt = attempts.insert()
+
+latest_version = (
+    sa.select(services.c.version)
+    .where(services.c.name == bindparam("name"))
+    .order_by(services.c.registered_at.desc())
+    .limit(1)
+)
 
 task_by_id = sa.select(tasks).where(tasks.c.id == bindparam("task_id"))
 task_by_key = sa.select(tasks).where(
