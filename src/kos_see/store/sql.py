@@ -58,13 +58,16 @@ class SqlStore(Store):
     go through one connection under a lock.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, use_driver: bool = True) -> None:
         self.engine = engine
         # SQLite admits one writer at a time, and a writer that finds the lock
         # taken sleeps in steps of milliseconds. Writers of this process queue
         # on this lock instead, which hands over in microseconds; other
         # processes still meet SQLite's own busy wait.
         self._write_lock = threading.Lock()
+        # use_driver=False runs SQLite through SQLAlchemy too, as any other
+        # database runs: the tests check both paths give the same results.
+        self._on_sqlite = use_driver and engine.dialect.name == "sqlite"
         self._path = engine.url.database or ":memory:"
         self._writer: DriverConnection | None = None
         self._local = threading.local()
@@ -85,6 +88,10 @@ class SqlStore(Store):
     @contextmanager
     def _write(self) -> Iterator[Any]:
         with self._write_lock:
+            if not self._on_sqlite:
+                with self._sqlalchemy_write() as conn:
+                    yield conn
+                return
             if self._writer is None:
                 self._writer = DriverConnection(driver.connect(self._path))
             conn = self._writer
@@ -103,6 +110,10 @@ class SqlStore(Store):
     def _read(self, snapshot: bool = False) -> Iterator[Any]:
         """A reader's connection. By default each statement reads committed
         data on its own; with ``snapshot`` the whole block reads one snapshot."""
+        if not self._on_sqlite:
+            with self._sqlalchemy_read() as conn:
+                yield conn
+            return
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = DriverConnection(driver.connect(self._path))
@@ -117,6 +128,25 @@ class SqlStore(Store):
             raise _unavailable(exc) from exc
         finally:
             conn.rollback()
+
+    # Other databases run the same statements through SQLAlchemy connections.
+
+    @contextmanager
+    def _sqlalchemy_write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    @contextmanager
+    def _sqlalchemy_read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin="NONE")
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     # services
 
@@ -758,5 +788,6 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
     return TaskRecord(**values)
 
 
-def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable:
-    return StoreUnavailable(f"the store is unavailable: {exc}")
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    cause = getattr(exc, "orig", None) or exc
+    return StoreUnavailable(f"the store is unavailable: {cause}")
