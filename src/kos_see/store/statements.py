@@ -133,41 +133,29 @@ active_tenants = sa.text(
     """
 )
 
-heads = (
-    sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
-    .where(
-        tasks.c.state == QUEUED,
-        tasks.c.lane == bindparam("lane"),
-        tasks.c.tenant == bindparam("tenant"),
-    )
-    .order_by(tasks.c.rank_at, tasks.c.id)
-    .limit(bindparam("limit"))
-)
 
-# The same, without the services that have a concurrency limit ...
-heads_except = (
-    sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
-    .where(
-        tasks.c.state == QUEUED,
-        tasks.c.lane == bindparam("lane"),
-        tasks.c.tenant == bindparam("tenant"),
-        tasks.c.service.not_in(bindparam("services", expanding=True)),
+def _tenant_heads(*conditions: sa.ColumnElement[bool]) -> sa.Select:
+    """A tenant's best queued tasks in a lane, by rank."""
+    return (
+        sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
+        .where(
+            tasks.c.state == QUEUED,
+            tasks.c.lane == bindparam("lane"),
+            tasks.c.tenant == bindparam("tenant"),
+            *conditions,
+        )
+        .order_by(tasks.c.rank_at, tasks.c.id)
+        .limit(bindparam("limit"))
     )
-    .order_by(tasks.c.rank_at, tasks.c.id)
-    .limit(bindparam("limit"))
+
+
+heads = _tenant_heads()
+# The same without the services that have a concurrency limit, which are
+# read one service at a time, each up to the room it has left.
+heads_except = _tenant_heads(
+    tasks.c.service.not_in(bindparam("services", expanding=True))
 )
-# ... which are read one service at a time.
-heads_of_service = (
-    sa.select(tasks.c.id, tasks.c.service, tasks.c.rank_at)
-    .where(
-        tasks.c.state == QUEUED,
-        tasks.c.lane == bindparam("lane"),
-        tasks.c.tenant == bindparam("tenant"),
-        tasks.c.service == bindparam("service"),
-    )
-    .order_by(tasks.c.rank_at, tasks.c.id)
-    .limit(bindparam("limit"))
-)
+heads_of_service = _tenant_heads(tasks.c.service == bindparam("service"))
 
 running_counts = (
     sa.select(tasks.c.tenant, tasks.c.service, sa.func.count())
