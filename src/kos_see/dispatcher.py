@@ -27,7 +27,7 @@ from kos_see.errors import (
     RequestRefused,
     TaskNotFound,
 )
-from kos_see.models import NewTask, TaskRecord, new_task_id
+from kos_see.models import NewTask, ServiceRecord, TaskRecord, new_task_id
 from kos_see.registry import Registry
 from kos_see.store import Store
 
@@ -114,6 +114,17 @@ class Dispatcher:
         self.config = config
         self.notify = notify or (lambda _reason: None)
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+
+    def check(
+        self, service: str, value: Any, priority: int | None = None
+    ) -> tuple[ServiceRecord, str]:
+        """What a submit would check of a request before enqueuing it: the
+        service resolves, the input matches its schema, the priority is in
+        range. Returns the service and the input as canonical JSON."""
+        record, manifest = self.registry.resolve(service)
+        input_text = self._check_input(value, manifest.input_schema, record.ref)
+        self._priority(priority)
+        return record, input_text
 
     def submit(self, request: SubmitRequest, now: float | None = None) -> Submitted:
         now = time.time() if now is None else now

@@ -119,11 +119,9 @@ class Scheduler:
         check_identity(tenant, principal)
         times = CronTimes(cron, timezone)
         policy = check_misfire(misfire or self.config.misfire)
-        record, manifest = self.dispatcher.registry.resolve(service)
-        input_text = self.dispatcher._check_input(
-            {} if input is None else input, manifest.input_schema, record.ref
+        record, input_text = self.dispatcher.check(
+            service, {} if input is None else input, priority
         )
-        self.dispatcher._priority(priority)
         next_fire = times.next_after(now)
         if next_fire is None:
             raise ScheduleInvalid(
