@@ -258,3 +258,29 @@ def test_the_same_version_with_other_content_is_refused(
     assert "already registered" in caught.value.message
     records = [r for r in registry.list() if r.name == name]
     assert [(r.version, r.digest) for r in records] == [("1.0.0", first.digest)]
+
+
+def test_the_scheduled_class_is_only_for_tasks_that_schedules_make(
+    idle_engine: Engine, svc: str
+) -> None:
+    with pytest.raises(RequestRefused) as caught:
+        submit(idle_engine, svc, {"text": "a", "count": 1}, queue_class="scheduled")
+    assert "schedules add" in caught.value.message
+    assert idle_engine.store.state_counts() == {}
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"quotas": {"tenants": {"acme": {"max_running": True}}}},
+        {"quotas": {"services": {"svc": True}}},
+        {"queue": {"aging": 0}},
+    ],
+    ids=["max_running-bool", "service-limit-bool", "aging-zero"],
+)
+def test_config_refuses_booleans_for_counts_and_a_zero_aging(sections) -> None:
+    from kos_see.config import validate_config
+    from kos_see.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        validate_config(sections)

@@ -448,3 +448,24 @@ def test_dead_letters_lists_a_dead_task_and_retry_requeues_it(
     assert done.attempts == 3
     assert done.result_value() == {"marker": "found"}
     assert engine.store.list_tasks(TaskFilter(state=TaskState.DEAD)) == []
+
+
+def test_each_operator_retry_grants_the_same_budget(idle_engine, make_service):
+    """Retrying a dead task twice gives it 1 + retry_limit attempts each
+    time, not a budget that doubles."""
+    from kos_see.dispatcher import SubmitRequest as Request
+
+    make_service("poison", "raise SystemExit(3)\n", retry_limit=2)
+    store = idle_engine.store
+    task = idle_engine.dispatcher.submit(Request("poison", {})).task
+    now = 1e12
+    budgets = []
+    for _round in range(2):
+        while store.get_task(task.id).state != TaskState.DEAD:
+            now += 100
+            assert store.lease("w", 1, now, 1)
+            store.rescue(now + 10)
+        dead = store.get_task(task.id)
+        retried = idle_engine.dispatcher.retry(task.id, now=now + 20)
+        budgets.append(retried.max_attempts - dead.attempts)
+    assert budgets == [3, 3]

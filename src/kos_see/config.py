@@ -89,7 +89,7 @@ class QueueConfig(_Section):
     # Within a tenant, one priority point is worth this much waiting: a task
     # of priority p runs before one of priority p+1 that came more than this
     # much later, so low priorities still run within a bound.
-    aging: Seconds = 60.0
+    aging: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 60.0
     # Fair share between tenants inside each class (weighted, by virtual time).
     fair_share: bool = True
     tenant_weights: dict[str, float] = Field(default_factory=dict)
@@ -131,7 +131,7 @@ class SecurityConfig(_Section):
 
 class TenantQuota(_Section):
     # Tasks of the tenant leased or running at once; None: no limit.
-    max_running: int | None = Field(None, ge=1)
+    max_running: int | None = Field(None, ge=1, strict=True)
     # CPU seconds its attempts may use per quotas.window; None: no limit.
     cpu_seconds: float | None = Field(None, gt=0)
 
@@ -141,7 +141,9 @@ class QuotaConfig(_Section):
     default: TenantQuota = TenantQuota()
     tenants: dict[str, TenantQuota] = Field(default_factory=dict)
     # Tasks of a service (by name) leased or running at once.
-    services: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    services: dict[str, Annotated[int, Field(ge=1, strict=True)]] = Field(
+        default_factory=dict
+    )
 
     def for_tenant(self, tenant: str) -> TenantQuota:
         return self.tenants.get(tenant, self.default)

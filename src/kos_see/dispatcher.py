@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -194,8 +195,18 @@ class Dispatcher:
 
     def retry(self, task_id: str, now: float | None = None) -> TaskRecord:
         """Requeue a dead task (an operator's retry) with a fresh attempt
-        budget. Raises TaskNotFound, or RequestRefused if it is not dead."""
-        task = self.store.retry_task(task_id, time.time() if now is None else now)
+        budget: 1 + its retry limit, as when it was submitted. Raises
+        TaskNotFound, or RequestRefused if it is not dead."""
+        task = self.get(task_id)
+        try:
+            _record, manifest = self.registry.resolve(f"{task.service}@{task.version}")
+            retry_limit = manifest.retry_limit
+        except RequestRefused:
+            retry_limit = None  # the service changed: the store refuses or runs it
+        if retry_limit is None:
+            retry_limit = self.config.queue.retry_limit
+        now = time.time() if now is None else now
+        task = self.store.retry_task(task_id, now, 1 + retry_limit)
         # A requeued task wakes a serving engine as a submitted one does.
         self.notify("submit")
         log.info(
@@ -278,7 +289,7 @@ class Dispatcher:
             request.not_before > now + MAX_NOT_BEFORE_AHEAD
         ):
             raise RequestRefused(
-                f"not-before time {request.not_before!r} is more than 10 years "
+                f"not-before time {_iso(request.not_before)} is more than 10 years "
                 "ahead; a task may be deferred 10 years at most",
                 field="not_before",
             )
@@ -286,6 +297,11 @@ class Dispatcher:
         if asked is not None and asked not in QUEUE_CLASSES:
             raise RequestRefused(
                 f"unknown queue class {asked!r}; use one of {', '.join(QUEUE_CLASSES)}"
+            )
+        if asked == "scheduled" and request.schedule is None:
+            raise RequestRefused(
+                "queue class 'scheduled' is for tasks that schedules make; "
+                "add a schedule with 'kos-see schedules add' instead"
             )
         if asked == "deferred" and request.not_before is None:
             raise RequestRefused("queue class 'deferred' needs a not-before time")
@@ -313,3 +329,10 @@ class Dispatcher:
                 "for a new request",
                 task_id=task.id,
             )
+
+
+def _iso(moment: float) -> str:
+    try:
+        return datetime.fromtimestamp(moment, tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return repr(moment)

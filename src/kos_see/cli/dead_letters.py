@@ -75,7 +75,7 @@ def retry(
     task_id: Annotated[str, typer.Argument(metavar="TASK", help="A dead task's id.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Put a dead task back in the queue with as many attempts again as it had."""
+    """Put a dead task back in the queue with 1 + its retry limit attempts."""
     context: CliContext = ctx.obj
     engine = context.engine()
     try:

@@ -46,6 +46,14 @@ def serve(
 
     def on_signal(signum: int, _frame: object) -> None:
         received.append(signum)
+        if stop.is_set() and engine.pool is not None:
+            # A second signal: no more grace, stop the running attempts now.
+            errors.print(
+                f"{signal.Signals(signum).name} again: stopping running attempts now",
+                highlight=False,
+                markup=False,
+            )
+            engine.pool.hurry()
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -63,12 +71,9 @@ def serve(
         name = signal.Signals(received[0]).name if received else "stop"
         errors.print(
             f"{name}: stopping; running attempts get "
-            f"{config.execution.shutdown_grace:g}s",
+            f"{config.execution.shutdown_grace:g}s (a second signal stops them now)",
             highlight=False,
         )
-        # A second signal during the grace period should not kill us mid-write.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     finally:
         engine.close()
     errors.print("stopped", highlight=False)

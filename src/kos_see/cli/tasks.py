@@ -95,9 +95,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _not_before(delay: str | None, at: str | None) -> float | None:
-    if delay and at:
+    if delay is not None and at is not None:
         raise UsageError("give --delay or --not-before, not both")
-    if delay:
+    if delay is not None:
         try:
             seconds = parse_duration(delay)
         except ValueError as exc:

@@ -80,7 +80,7 @@ class Manifest(BaseModel):
     retry_cap: Seconds | None = None
     queue_class: Literal["realtime", "batch"] | None = None
     # Attempts of this service running at once across the engine; None: no limit.
-    max_concurrent: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1, strict=True)
     limits: Limits = Limits()
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
 

@@ -91,9 +91,9 @@ class Store(ABC):
     def state_counts(self) -> dict[str, int]: ...
 
     @abstractmethod
-    def retry_task(self, task_id: str, now: float) -> TaskRecord:
-        """Requeue a dead task (an operator's retry) with a fresh attempt
-        budget. Raises TaskNotFound, or RequestRefused if it is not dead."""
+    def retry_task(self, task_id: str, now: float, attempts: int) -> TaskRecord:
+        """Requeue a dead task (an operator's retry) with ``attempts`` more
+        attempts. Raises TaskNotFound, or RequestRefused if it is not dead."""
 
     @abstractmethod
     def cpu_used(self, since: float) -> dict[str, float]:

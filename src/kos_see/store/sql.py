@@ -261,7 +261,7 @@ class SqlStore(Store):
             )
         )
 
-    def retry_task(self, task_id: str, now: float) -> TaskRecord:
+    def retry_task(self, task_id: str, now: float, attempts: int) -> TaskRecord:
         with self._write() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
             if row is None:
@@ -273,7 +273,6 @@ class SqlStore(Store):
                     task_id=task_id,
                 )
             check_transition(TaskState.DEAD, TaskState.QUEUED)
-            # A fresh budget: as many attempts again as the task had.
             conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id)
@@ -283,7 +282,7 @@ class SqlStore(Store):
                     not_before=now,
                     updated_at=now,
                     finished_at=None,
-                    max_attempts=row.attempts + row.max_attempts,
+                    max_attempts=row.attempts + attempts,
                 )
             )
             conn.execute(

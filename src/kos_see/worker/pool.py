@@ -41,7 +41,7 @@ from kos_see.runners.base import AttemptControl, AttemptOutcome, AttemptSpec, Ru
 from kos_see.runners.local import remove_workdir
 from kos_see.states import TaskState
 from kos_see.store import Store
-from kos_see.worker.reaper import OrphanSweeper, become_subreaper
+from kos_see.worker.reaper import OrphanSweeper, become_subreaper, kill_marked
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class WorkerPool:
         self._inbox: queue.SimpleQueue[Lease | None] = queue.SimpleQueue()
         self._idle = self.slots
         self._stopping = False
+        self._hurry = threading.Event()
         self._cancel_check = False
         self._threads: list[threading.Thread] = []
         self._control_thread: threading.Thread | None = None
@@ -142,6 +143,10 @@ class WorkerPool:
                 "tasks left by a stopped engine returned to the queue",
                 extra={"action": "startup_rescue", "count": len(rescued)},
             )
+        if rescued and self.exclusive:
+            # Their main processes died with the engine that ran them; what
+            # they started, in their group or out of it, was left running.
+            kill_marked(set(rescued))
         for number in range(self.slots):
             thread = threading.Thread(
                 target=self._slot_loop, name=f"slot-{number}", daemon=True
@@ -194,7 +199,11 @@ class WorkerPool:
         self._stopping = True
         self._wake.set()
         deadline = time.monotonic() + grace
-        while self.running_count() and time.monotonic() < deadline:
+        while (
+            self.running_count()
+            and time.monotonic() < deadline
+            and not self._hurry.is_set()
+        ):
             time.sleep(0.05)
         with self._lock:
             still = list(self._running.values())
@@ -216,6 +225,10 @@ class WorkerPool:
         if self._control_thread is not None:
             self._control_thread.join(timeout=5)
         self._flush()
+        if self._sweeper is not None:
+            # The attempts are over: whatever of theirs escaped goes now,
+            # before the fork server (the parent of some of them) stops.
+            self._sweeper.sweep(set(), self.runner.process_parents())
         self.runner.close()
         try:
             self.workdir_root.rmdir()  # only if empty; a kept one stays
@@ -224,6 +237,10 @@ class WorkerPool:
         log.info(
             "worker pool stopped", extra={"action": "pool_stopped", "owner": self.owner}
         )
+
+    def hurry(self) -> None:
+        """Cut a shutdown's grace period short: stop running attempts now."""
+        self._hurry.set()
 
     def running_count(self) -> int:
         with self._lock:

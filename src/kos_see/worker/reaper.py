@@ -98,6 +98,29 @@ class OrphanSweeper:
         return 1
 
 
+def kill_marked(task_ids: Collection[str]) -> int:
+    """Kill every process on the host that belongs to one of ``task_ids``
+    (by the attempt's mark or working directory): what attempts of an engine
+    that was killed outright left behind. Returns how many were killed."""
+    killed = 0
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        task_id = _task_of(pid)
+        if task_id is None or task_id not in task_ids:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+            log.warning(
+                "process of a lost attempt killed",
+                extra={"action": "orphan_killed", "pid": pid, "task_id": task_id},
+            )
+    return killed
+
+
 def _children(parents: Collection[int]) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):
