@@ -120,13 +120,37 @@ class QueueConfig(_Section):
 
 class SecurityConfig(_Section):
     task_isolation: bool = True
-    # Signed requests arrive with the security work; until then every request
-    # is recorded as unsigned, and this key is read and validated only.
+    # False: a request without a valid signature is refused. True: an unsigned
+    # request is accepted and marked unsigned in the audit log (a signed one
+    # is still checked).
     allow_unsigned: bool = False
+    # Audit entries older than this are pruned; what remains verifies from
+    # the newest signed checkpoint before it.
     max_log_retention: Seconds = "30d"  # type: ignore[assignment]
+    # A signed request's timestamp may differ from the engine's clock by this
+    # much; its nonce is remembered for the replay window, which is at least
+    # twice the skew so that no accepted request can be replayed.
+    max_clock_skew: Seconds = Field(30.0, gt=0)
+    replay_window: Seconds = Field(600.0, gt=0)
+    # The key the CLI signs with: a path, or a name in <home>/keys; empty: the
+    # home's operator key.
+    signing_key: str = ""
+    # Casbin policy lines; empty: <home>/policy.csv.
+    policy_file: str = ""
     env_allowlist: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST)
     )
+
+    @model_validator(mode="after")
+    def _window_covers_skew(self) -> SecurityConfig:
+        if self.replay_window < 2 * self.max_clock_skew:
+            raise ValueError(
+                "security.replay_window must be at least twice "
+                f"security.max_clock_skew ({self.replay_window} < "
+                f"2 * {self.max_clock_skew}): a nonce forgotten sooner could "
+                "be replayed while its timestamp is still accepted"
+            )
+        return self
 
 
 class TenantQuota(_Section):

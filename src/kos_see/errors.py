@@ -127,3 +127,57 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached or is busy; the operation may be retried."""
 
     code = "store_unavailable"
+
+
+class KeyFileError(UsageError):
+    """A key file is missing, unreadable or not an Ed25519 key."""
+
+    code = "bad_key_file"
+
+
+class SignatureRequired(RequestRefused):
+    """The request is unsigned and this engine accepts only signed requests."""
+
+    code = "unsigned_request"
+
+
+class UnknownPrincipal(RequestRefused):
+    """The request names a principal or key that this engine does not know."""
+
+    code = "unknown_principal"
+
+
+class PrincipalRevoked(RequestRefused):
+    """The request is signed by a principal whose key was revoked."""
+
+    code = "principal_revoked"
+
+
+class BadSignature(RequestRefused):
+    """The request's signature does not match its content and key."""
+
+    code = "bad_signature"
+
+
+class ReplayedRequest(RequestRefused):
+    """The request's nonce was already used within the replay window."""
+
+    code = "replayed_request"
+
+
+class StaleRequest(RequestRefused):
+    """The request's timestamp is outside the allowed clock skew."""
+
+    code = "stale_request"
+
+
+class PermissionDenied(RequestRefused):
+    """The policy does not grant the principal what the request needs."""
+
+    code = "permission_denied"
+
+
+class AuditError(KosSeeError):
+    """The audit log could not be written or read."""
+
+    code = "audit_error"

@@ -39,6 +39,30 @@ class Home:
     def serve_lock(self) -> Path:
         return self.root / "serve.lock"
 
+    @property
+    def keys_dir(self) -> Path:
+        # Key pairs made by `kos-see keys new`, and the engine's own key.
+        return self.root / "keys"
+
+    @property
+    def engine_key_path(self) -> Path:
+        # Signs audit checkpoints and provenance records.
+        return self.keys_dir / "engine.key"
+
+    @property
+    def operator_key_path(self) -> Path:
+        # The key `init` makes for the home's owner: an admin principal.
+        return self.keys_dir / "operator.key"
+
+    @property
+    def secrets_dir(self) -> Path:
+        # One file per secret; an attempt gets copies of the ones it may use.
+        return self.root / "secrets"
+
+    def policy_path(self, config: EngineConfig) -> Path:
+        configured = config.security.policy_file
+        return Path(configured) if configured else self.root / "policy.csv"
+
     def workdir_root(self, config: EngineConfig) -> Path:
         """Where attempts' working directories go.
 

@@ -53,6 +53,8 @@ class NewTask:
     timeout: float
     max_attempts: int
     created_at: float
+    secrets: str | None = None  # JSON list of granted secret names
+    request_digest: str | None = None  # the signed request's digest; None: unsigned
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class TaskRecord:
     error: str | None
     error_kind: str | None
     finished_at: float | None
+    secrets: str | None = None
+    request_digest: str | None = None
+
+    def secret_names(self) -> list[str]:
+        return [] if not self.secrets else list(json.loads(self.secrets))
 
     @property
     def terminal(self) -> bool:
@@ -131,6 +138,9 @@ class TaskRecord:
             "result": self.result_value(),
             "error": self.error,
             "error_kind": self.error_kind,
+            "secrets": self.secret_names(),
+            "signed": self.request_digest is not None,
+            "request_digest": self.request_digest,
         }
 
 
@@ -190,6 +200,8 @@ class AttemptRecord:
     stderr_bytes: int | None
     events_dropped: int | None
     error: str | None
+    isolation: str | None = None
+    killed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 metadata = sa.MetaData()
 
@@ -64,6 +64,10 @@ tasks = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("error_kind", sa.String(32)),
     sa.Column("finished_at", sa.Float),
+    # The secrets the manifest declares and the policy granted (JSON list).
+    sa.Column("secrets", sa.Text),
+    # sha256 of the signed request that made the task; None: unsigned.
+    sa.Column("request_digest", sa.String(80)),
 )
 
 # Leasing reads only queued rows, by lane, tenant and rank, so the index holds
@@ -121,6 +125,12 @@ attempts = sa.Table(
     sa.Column("stderr_bytes", sa.Integer),
     sa.Column("events_dropped", sa.Integer),
     sa.Column("error", sa.Text),
+    # How the attempt was contained: "local" or "sandbox", and the cgroup
+    # version when one limited it.
+    sa.Column("isolation", sa.String(32)),
+    # What ended the attempt from outside, if anything: timeout, memory,
+    # cpu_time, file_size, cancel.
+    sa.Column("killed_by", sa.String(16)),
 )
 
 events = sa.Table(
@@ -169,4 +179,55 @@ schedules = sa.Table(
     sa.Column("next_fire_at", sa.Float),  # the next nominal fire time, UTC seconds
     sa.Column("last_fire_at", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Principals: identities that sign requests, each acting for one tenant.
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(80), nullable=False, unique=True),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+
+# Nonces of accepted signed requests, kept for the replay window.
+nonces = sa.Table(
+    "nonces",
+    metadata,
+    sa.Column("principal", sa.String(128), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("seen_at", sa.Float, nullable=False),
+)
+sa.Index("ix_nonces_seen", nonces.c.seen_at)
+
+# The audit log: append-only, each entry's hash covers the previous entry's.
+audit_entries = sa.Table(
+    "audit_entries",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("task_id", sa.String(32)),
+    sa.Column("principal", sa.String(128)),
+    sa.Column("tenant", sa.String(64)),
+    sa.Column("body", sa.Text, nullable=False),  # RFC 8785 canonical JSON
+    sa.Column("prev_hash", sa.String(80), nullable=False),
+    sa.Column("hash", sa.String(80), nullable=False),
+)
+sa.Index("ix_audit_task", audit_entries.c.task_id, audit_entries.c.seq)
+sa.Index("ix_audit_at", audit_entries.c.at)
+
+# Checkpoints: the engine's signature over the chain's hash at an entry.
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(80), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("key_id", sa.String(80), nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),
 )
