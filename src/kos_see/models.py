@@ -55,6 +55,7 @@ class NewTask:
     created_at: float
     secrets: str | None = None  # JSON list of granted secret names
     request_digest: str | None = None  # the signed request's digest; None: unsigned
+    runner: str | None = None  # forced at submit (policy); None: the manifest's
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class TaskRecord:
     finished_at: float | None
     secrets: str | None = None
     request_digest: str | None = None
+    runner: str | None = None
 
     def secret_names(self) -> list[str]:
         return [] if not self.secrets else list(json.loads(self.secrets))

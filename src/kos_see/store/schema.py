@@ -68,6 +68,9 @@ tasks = sa.Table(
     sa.Column("secrets", sa.Text),
     # sha256 of the signed request that made the task; None: unsigned.
     sa.Column("request_digest", sa.String(80)),
+    # The runner chosen at submit: the manifest's, or "sandbox" when the
+    # policy forces it for the tenant. None: the manifest's.
+    sa.Column("runner", sa.String(32)),
 )
 
 # Leasing reads only queued rows, by lane, tenant and rank, so the index holds

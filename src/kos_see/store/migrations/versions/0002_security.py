@@ -17,6 +17,7 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("secrets", sa.Text))
         batch.add_column(sa.Column("request_digest", sa.String(80)))
+        batch.add_column(sa.Column("runner", sa.String(32)))
     with op.batch_alter_table("attempts") as batch:
         batch.add_column(sa.Column("isolation", sa.String(32)))
         batch.add_column(sa.Column("killed_by", sa.String(16)))
@@ -73,5 +74,6 @@ def downgrade() -> None:
         batch.drop_column("killed_by")
         batch.drop_column("isolation")
     with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("runner")
         batch.drop_column("request_digest")
         batch.drop_column("secrets")
