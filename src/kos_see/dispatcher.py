@@ -15,7 +15,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,9 @@ from kos_see.errors import (
 )
 from kos_see.models import NewTask, ServiceRecord, TaskRecord, new_task_id
 from kos_see.registry import Registry
+from kos_see.security.envelope import Envelope, parse_envelope
+from kos_see.security.principals import PrincipalStore
+from kos_see.security.verify import Caller, RequestVerifier
 from kos_see.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,19 @@ class Dispatcher:
         self.config = config
         self.notify = notify or (lambda _reason: None)
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._request_verifier: RequestVerifier | None = None
+
+    def authenticate(self, envelope: Envelope | dict[str, Any]) -> Caller:
+        """Who sent a request: checks the envelope's shape, its signature, its
+        timestamp against the allowed skew and its nonce against the replay
+        window. Every interface calls this first and hands the Caller to the
+        action it asks for; a method called with caller=None is the engine's
+        own trusted call (the scheduler, tests)."""
+        if self._request_verifier is None:
+            self._request_verifier = RequestVerifier(
+                PrincipalStore(self.store), self.config.security
+            )
+        return self._request_verifier.verify(parse_envelope(envelope))
 
     def check(
         self, service: str, value: Any, priority: int | None = None
@@ -127,8 +143,19 @@ class Dispatcher:
         self._priority(priority)
         return record, input_text
 
-    def submit(self, request: SubmitRequest, now: float | None = None) -> Submitted:
+    def submit(
+        self,
+        request: SubmitRequest,
+        now: float | None = None,
+        caller: Caller | None = None,
+    ) -> Submitted:
         now = time.time() if now is None else now
+        if caller is not None:
+            request = replace(
+                request,
+                tenant=caller.acts_for(request.tenant),
+                principal=caller.principal,
+            )
         check_identity(request.tenant, request.principal)
         check_idempotency_key(request.idempotency_key)
         record, manifest = self.registry.resolve(request.service)
@@ -179,7 +206,9 @@ class Dispatcher:
         )
         return Submitted(task=task, created=created)
 
-    def cancel(self, task_id: str, now: float | None = None) -> TaskRecord:
+    def cancel(
+        self, task_id: str, now: float | None = None, caller: Caller | None = None
+    ) -> TaskRecord:
         task = self.store.cancel_task(task_id, time.time() if now is None else now)
         if task.cancel_requested:
             self.notify("cancel")
@@ -193,7 +222,9 @@ class Dispatcher:
         )
         return task
 
-    def retry(self, task_id: str, now: float | None = None) -> TaskRecord:
+    def retry(
+        self, task_id: str, now: float | None = None, caller: Caller | None = None
+    ) -> TaskRecord:
         """Requeue a dead task (an operator's retry) with a fresh attempt
         budget: 1 + its retry limit, as when it was submitted. Raises
         TaskNotFound, or RequestRefused if it is not dead."""
@@ -219,7 +250,7 @@ class Dispatcher:
         )
         return task
 
-    def get(self, task_id: str) -> TaskRecord:
+    def get(self, task_id: str, caller: Caller | None = None) -> TaskRecord:
         task = self.store.get_task(task_id)
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
