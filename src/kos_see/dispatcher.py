@@ -21,19 +21,26 @@ from typing import Any
 
 import jsonschema
 
+from kos_see.audit.log import AuditLog
 from kos_see.config import EngineConfig
 from kos_see.errors import (
+    BadSignature,
+    ConfigError,
     IdempotencyConflict,
     InputInvalid,
+    KosSeeError,
+    PermissionDenied,
     RequestRefused,
     TaskNotFound,
 )
 from kos_see.models import NewTask, ServiceRecord, TaskRecord, new_task_id
+from kos_see.policy.authorize import Grant, authorize_submit, require
+from kos_see.policy.gate import PolicyGate
 from kos_see.registry import Registry
 from kos_see.security.envelope import Envelope, parse_envelope
-from kos_see.security.principals import PrincipalStore
+from kos_see.security.principals import ANY_TENANT, PrincipalStore
 from kos_see.security.verify import Caller, RequestVerifier
-from kos_see.store import Store
+from kos_see.store import Store, TaskFilter
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +60,49 @@ Notifier = Callable[[str], None]
 class SubmitRequest:
     service: str  # NAME or NAME@VERSION
     input: Any
-    tenant: str = "default"
+    tenant: str | None = None  # None: the caller's tenant, else "default"
     principal: str = "local"
     priority: int | None = None
     queue_class: str | None = None
     not_before: float | None = None
     idempotency_key: str | None = None
     schedule: str | None = None  # set by the scheduler for the tasks it makes
+
+
+# The members of a submit envelope's fields, named as SubmitRequest names them.
+SUBMIT_FIELDS = (
+    "service",
+    "input",
+    "tenant",
+    "priority",
+    "queue_class",
+    "not_before",
+    "idempotency_key",
+)
+ENGINE = "engine"  # who the audit log names for the engine's own calls
+
+
+def submit_fields(request: SubmitRequest) -> dict[str, Any]:
+    """The fields a client signs for ``request`` (unset ones left out)."""
+    fields = {name: getattr(request, name) for name in SUBMIT_FIELDS}
+    return {k: v for k, v in fields.items() if v is not None or k == "input"}
+
+
+def request_from_fields(fields: dict[str, Any]) -> SubmitRequest:
+    """The SubmitRequest a signed submit envelope's fields ask for."""
+    unknown = sorted(set(fields) - set(SUBMIT_FIELDS))
+    if unknown:
+        raise RequestRefused(
+            f"submit request has unknown field(s) {', '.join(unknown)}; its fields "
+            f"are {', '.join(SUBMIT_FIELDS)}",
+            field=unknown[0],
+        )
+    if not isinstance(fields.get("service"), str):
+        raise RequestRefused("submit request needs a service name", field="service")
+    return SubmitRequest(
+        **{k: fields[k] for k in SUBMIT_FIELDS if k in fields and k != "input"},
+        input=fields.get("input", {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -112,11 +155,15 @@ class Dispatcher:
         registry: Registry,
         config: EngineConfig,
         notify: Notifier | None = None,
+        gate: PolicyGate | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.config = config
         self.notify = notify or (lambda _reason: None)
+        self.gate = gate
+        self.audit = audit
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
         self._request_verifier: RequestVerifier | None = None
 
@@ -130,7 +177,19 @@ class Dispatcher:
             self._request_verifier = RequestVerifier(
                 PrincipalStore(self.store), self.config.security
             )
-        return self._request_verifier.verify(parse_envelope(envelope))
+        try:
+            parsed = parse_envelope(envelope)
+            return self._request_verifier.verify(parsed)
+        except KosSeeError as exc:
+            claimed = envelope.get("principal") if isinstance(envelope, dict) else None
+            if isinstance(envelope, Envelope):
+                claimed = envelope.principal
+            self._audit(
+                "request",
+                {"outcome": "refused", "stage": "authenticate", **_error(exc)},
+                principal=str(claimed)[:128] if claimed is not None else None,
+            )
+            raise
 
     def check(
         self, service: str, value: Any, priority: int | None = None
@@ -150,18 +209,70 @@ class Dispatcher:
         caller: Caller | None = None,
     ) -> Submitted:
         now = time.time() if now is None else now
+        grant = Grant()
+        try:
+            submitted = self._submit(request, now, caller, grant)
+        except KosSeeError as exc:
+            self._audit_request(
+                "submit",
+                caller,
+                request.tenant,
+                None,
+                grant,
+                exc,
+                service=request.service,
+            )
+            raise
+        self._audit_request(
+            "submit",
+            caller,
+            submitted.task.tenant,
+            submitted.task,
+            grant,
+            None,
+            service=submitted.task.service,
+            created=submitted.created,
+        )
+        return submitted
+
+    def _submit(
+        self,
+        request: SubmitRequest,
+        now: float,
+        caller: Caller | None,
+        grant: Grant,
+    ) -> Submitted:
         if caller is not None:
+            self._check_signed(caller, "submit", request)
             request = replace(
                 request,
                 tenant=caller.acts_for(request.tenant),
                 principal=caller.principal,
             )
+        elif request.tenant is None:
+            request = replace(request, tenant="default")
+        assert request.tenant is not None
         check_identity(request.tenant, request.principal)
         check_idempotency_key(request.idempotency_key)
         record, manifest = self.registry.resolve(request.service)
         input_text = self._check_input(request.input, manifest.input_schema, record.ref)
         queue_class, run_class = self._classes(request, manifest.queue_class, now)
         priority = self._priority(request.priority)
+        timeout = manifest.timeout or self.config.execution.worker_timeout
+        if caller is not None:
+            authorize_submit(
+                self._gate(),
+                caller,
+                request.tenant,
+                record.name,
+                manifest,
+                queue_class,
+                priority,
+                timeout,
+                grant,
+            )
+        else:
+            grant.secrets = list(manifest.secrets)  # the engine's own call
         not_before = max(now, request.not_before or now)
         new = NewTask(
             id=new_task_id(),
@@ -180,7 +291,7 @@ class Dispatcher:
             input_digest=digest_text(input_text),
             idempotency_key=request.idempotency_key,
             not_before=not_before,
-            timeout=manifest.timeout or self.config.execution.worker_timeout,
+            timeout=timeout,
             max_attempts=1
             + (
                 manifest.retry_limit
@@ -188,6 +299,9 @@ class Dispatcher:
                 else self.config.queue.retry_limit
             ),
             created_at=now,
+            secrets=json.dumps(grant.secrets) if grant.secrets else None,
+            request_digest=caller.request_digest if caller is not None else None,
+            runner=grant.runner,
         )
         task, created = self.store.create_task(new)
         if not created:
@@ -209,7 +323,14 @@ class Dispatcher:
     def cancel(
         self, task_id: str, now: float | None = None, caller: Caller | None = None
     ) -> TaskRecord:
-        task = self.store.cancel_task(task_id, time.time() if now is None else now)
+        grant = Grant()
+        try:
+            self._authorize_task(task_id, caller, "cancel", "cancel", grant)
+            task = self.store.cancel_task(task_id, time.time() if now is None else now)
+        except KosSeeError as exc:
+            self._audit_request("cancel", caller, None, None, grant, exc, task_id)
+            raise
+        self._audit_request("cancel", caller, task.tenant, task, grant, None)
         if task.cancel_requested:
             self.notify("cancel")
         log.info(
@@ -227,8 +348,20 @@ class Dispatcher:
     ) -> TaskRecord:
         """Requeue a dead task (an operator's retry) with a fresh attempt
         budget: 1 + its retry limit, as when it was submitted. Raises
-        TaskNotFound, or RequestRefused if it is not dead."""
-        task = self.get(task_id)
+        TaskNotFound, or RequestRefused if it is not dead. A caller needs
+        the right to submit the task's service."""
+        grant = Grant()
+        try:
+            task = self._authorize_task(task_id, caller, "retry", "submit", grant)
+            task = self._retry(task, now)
+        except KosSeeError as exc:
+            self._audit_request("retry", caller, None, None, grant, exc, task_id)
+            raise
+        self._audit_request("retry", caller, task.tenant, task, grant, None)
+        return task
+
+    def _retry(self, task: TaskRecord, now: float | None) -> TaskRecord:
+        task_id = task.id
         try:
             _record, manifest = self.registry.resolve(f"{task.service}@{task.version}")
             retry_limit = manifest.retry_limit
@@ -251,10 +384,159 @@ class Dispatcher:
         return task
 
     def get(self, task_id: str, caller: Caller | None = None) -> TaskRecord:
+        """A task; a caller needs ``read service:NAME`` in the task's tenant.
+        The engine's own reads (caller None) are not requests and not audited."""
+        if caller is None:
+            return self._task(task_id)
+        grant = Grant()
+        try:
+            task = self._authorize_task(task_id, caller, "read", "read", grant)
+        except KosSeeError as exc:
+            self._audit_request("read", caller, None, None, grant, exc, task_id)
+            raise
+        self._audit_request("read", caller, task.tenant, task, grant, None)
+        return task
+
+    def list_tasks(
+        self, where: TaskFilter, caller: Caller | None = None
+    ) -> list[TaskRecord]:
+        """Tasks matching ``where``; for a caller, only its tenant's (unless it
+        acts for every tenant) and only of services it may read."""
+        if caller is None:
+            return self.store.list_tasks(where)
+        grant = Grant()
+        try:
+            self._check_signed(caller, "read", None)
+            if caller.tenant != ANY_TENANT:
+                caller.acts_for(where.tenant)
+                where = replace(where, tenant=caller.tenant)
+            found = self.store.list_tasks(where)
+            allowed: dict[tuple[str, str], bool] = {}
+            for task in found:
+                key = (task.tenant, task.service)
+                if key not in allowed:
+                    decision = self._gate().decide(
+                        caller, task.tenant, "read", f"service:{task.service}"
+                    )
+                    grant.decisions.append(decision)
+                    allowed[key] = decision.allowed
+        except KosSeeError as exc:
+            self._audit_request("list", caller, where.tenant, None, grant, exc)
+            raise
+        self._audit_request("list", caller, where.tenant, None, grant, None)
+        return [t for t in found if allowed[(t.tenant, t.service)]]
+
+    # the gate and the audit log
+
+    def _task(self, task_id: str) -> TaskRecord:
         task = self.store.get_task(task_id)
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
         return task
+
+    def _authorize_task(
+        self,
+        task_id: str,
+        caller: Caller | None,
+        verb: str,
+        action: str,
+        grant: Grant,
+    ) -> TaskRecord:
+        task = self._task(task_id)
+        if caller is None:
+            return task
+        self._check_signed(caller, verb, None, task_id)
+        if caller.tenant not in (ANY_TENANT, task.tenant):
+            raise PermissionDenied(
+                f"task {task_id} belongs to tenant {task.tenant!r}; principal "
+                f"{caller.principal!r} acts for tenant {caller.tenant!r}",
+                principal=caller.principal,
+                tenant=task.tenant,
+            )
+        require(
+            self._gate(), caller, task.tenant, action, f"service:{task.service}", grant
+        )
+        return task
+
+    def _check_signed(
+        self,
+        caller: Caller,
+        verb: str,
+        request: SubmitRequest | None,
+        task_id: str | None = None,
+    ) -> None:
+        """The dispatcher acts only on the request that was signed: the same
+        action, the same task, the same submit fields."""
+        if caller.action is None:
+            return
+        same_action = caller.action == verb or (
+            verb == "read" and caller.action in ("read", "list")
+        )
+        if not same_action:
+            raise BadSignature(
+                f"the request was signed for action {caller.action!r}, not {verb!r}",
+                principal=caller.principal,
+            )
+        if task_id is not None and caller.fields.get("task_id") != task_id:
+            raise BadSignature(
+                f"the request was signed for task {caller.fields.get('task_id')!r}, "
+                f"not {task_id!r}",
+                principal=caller.principal,
+            )
+        if request is not None:
+            asked = submit_fields(request)
+            for name in SUBMIT_FIELDS:
+                if caller.fields.get(name) != asked.get(name):
+                    raise BadSignature(
+                        f"the submit's {name} differs from the signed request's",
+                        principal=caller.principal,
+                        field=name,
+                    )
+
+    def _gate(self) -> PolicyGate:
+        if self.gate is None:
+            raise ConfigError(
+                "this dispatcher has no policy gate, so it refuses every request "
+                "from a principal (deny by default); open it through the engine"
+            )
+        return self.gate
+
+    def _audit_request(
+        self,
+        action: str,
+        caller: Caller | None,
+        tenant: str | None,
+        task: TaskRecord | None,
+        grant: Grant,
+        error: KosSeeError | None,
+        task_id: str | None = None,
+        **more: Any,
+    ) -> None:
+        body: dict[str, Any] = {
+            "action": action,
+            "outcome": "refused" if error is not None else "accepted",
+            "signed": caller.signed if caller is not None else None,
+            "request_digest": caller.request_digest if caller is not None else None,
+            **grant.audit(),
+            **more,
+        }
+        if task is not None:
+            body["state"] = task.state.value
+            body["runner"] = task.runner
+            body["secrets"] = task.secret_names()
+        if error is not None:
+            body.update(_error(error))
+        self._audit(
+            "request",
+            body,
+            task_id=task.id if task is not None else task_id,
+            principal=caller.principal if caller is not None else ENGINE,
+            tenant=task.tenant if task is not None else tenant,
+        )
+
+    def _audit(self, kind: str, body: dict[str, Any], **columns: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(kind, body, **columns)
 
     def _check_input(self, value: Any, schema: dict[str, Any], ref: str) -> str:
         try:
@@ -360,6 +642,10 @@ class Dispatcher:
                 "for a new request",
                 task_id=task.id,
             )
+
+
+def _error(exc: KosSeeError) -> dict[str, Any]:
+    return {"error": exc.code, "message": exc.message}
 
 
 def _iso(moment: float) -> str:

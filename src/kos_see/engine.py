@@ -13,16 +13,20 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from kos_see.audit.log import AuditLog
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
 from kos_see.errors import HomeError, TaskNotFound
 from kos_see.events import wakeup
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
+from kos_see.policy.gate import PolicyGate
 from kos_see.registry import Registry
 from kos_see.runners.base import Runner
 from kos_see.runners.launch import make_launcher
 from kos_see.runners.local import LocalPythonRunner
+from kos_see.security.canonical import sha256_digest
+from kos_see.security.keys import load_or_create
 from kos_see.states import TERMINAL
 from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
@@ -42,7 +46,20 @@ class Engine:
         self.config = config
         self.store = store
         self.registry = Registry(store)
-        self.dispatcher = Dispatcher(store, self.registry, config, self._notify)
+        self.gate = PolicyGate(home.policy_path(config))
+        self.audit = AuditLog(
+            store,
+            lambda: load_or_create(home.engine_key_path),
+            retention=config.security.max_log_retention,
+        )
+        self.dispatcher = Dispatcher(
+            store,
+            self.registry,
+            config,
+            self._notify,
+            gate=self.gate,
+            audit=self.audit,
+        )
         self.pool: WorkerPool | None = None
         self._listener: wakeup.WakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
@@ -62,6 +79,7 @@ class Engine:
     def close(self) -> None:
         if self.pool is not None:
             self.stop()
+        self.audit.close()
         self.store.close()
 
     # serving
@@ -84,6 +102,8 @@ class Engine:
             exclusive=True,
         )
         self.pool.add_flush_listener(self._on_flush)
+        self.pool.add_flush_listener(self._audit_attempts)
+        self.audit.start()
         try:
             self.pool.start()
         except BaseException:
@@ -138,6 +158,31 @@ class Engine:
                 self._generation += 1
                 self._recently_ended.append((self._generation, ended))
                 self._finished.notify_all()
+
+    def _audit_attempts(self, batch: list[AttemptWrite]) -> None:
+        # One entry per attempt's end: how it ended, the task's next state
+        # and a digest of its result, linking the request to what came out.
+        for write in batch:
+            if not isinstance(write, AttemptFinished):
+                continue
+            self.audit.record(
+                "attempt_end",
+                {
+                    "attempt": write.attempt,
+                    "outcome": write.outcome,
+                    "state": write.next_state.value,
+                    "result_digest": None
+                    if write.result is None
+                    else sha256_digest(write.result.encode()),
+                    "error_kind": write.error_kind,
+                    "exit_code": write.exit_code,
+                    "signal": write.signal,
+                    "killed_by": write.extra.get("killed_by"),
+                },
+                task_id=write.task_id,
+                principal="engine",
+                at=write.at,
+            )
 
     # waiting
 

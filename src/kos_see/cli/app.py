@@ -17,11 +17,22 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
+from kos_see.cli import (
+    audit_cmd,
+    dead_letters,
+    identities,
+    policy_cmd,
+    queue_cmd,
+    schedules,
+    serve,
+    services,
+    tasks,
+)
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
 from kos_see.errors import EXIT_ENGINE, EXIT_USAGE, KosSeeError
+from kos_see.security.operator import ensure_operator
 
 app = typer.Typer(
     name="kos-see",
@@ -39,6 +50,9 @@ app.add_typer(queue_cmd.app, name="queue")
 serve.register(app)
 tasks.register(app)
 dead_letters.register(app)
+identities.register(app)
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(audit_cmd.app, name="audit")
 
 HomeOption = Annotated[
     Path | None,
@@ -53,9 +67,22 @@ HomeOption = Annotated[
 ]
 
 
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="KOS_SEE_KEY",
+        help="The private key that signs requests: a path, or a name made by "
+        "'kos-see keys new'. Default: security.signing_key, else the home's "
+        "operator key.",
+        show_envvar=False,
+    ),
+]
+
+
 @app.callback()
-def root(ctx: typer.Context, home: HomeOption = None) -> None:
-    ctx.obj = CliContext(home)
+def root(ctx: typer.Context, home: HomeOption = None, key: KeyOption = None) -> None:
+    ctx.obj = CliContext(home, key)
 
 
 @app.command()
@@ -67,13 +94,32 @@ def init(
     context: CliContext = ctx.obj
     created = context.home.init()
     engine = context.engine()
-    engine.close()
+    try:
+        operator = ensure_operator(
+            context.home, engine.store, context.home.policy_path(engine.config)
+        )
+    finally:
+        engine.close()
     if as_json:
-        emit_json({"home": str(context.home.root), "created": created})
+        emit_json(
+            {
+                "home": str(context.home.root),
+                "created": created,
+                "operator": operator.name,
+                "operator_key": str(context.home.operator_key_path),
+                "policy": str(context.home.policy_path(engine.config)),
+            }
+        )
         return
     verb = "created" if created else "already exists:"
     console.print(f"home {verb} {context.home.root}", markup=False, highlight=False)
     console.print(f"config: {context.home.config_path}", markup=False)
+    console.print(
+        f"operator: principal {operator.name!r} (admin of every tenant), key "
+        f"{context.home.operator_key_path}; the CLI signs with it",
+        markup=False,
+        highlight=False,
+    )
 
 
 @config_app.command("show")

@@ -10,8 +10,9 @@ from kos_see.logs import configure
 
 
 class CliContext:
-    def __init__(self, home: Path | None) -> None:
+    def __init__(self, home: Path | None, key: str | None = None) -> None:
         self.home: Home = resolve_home(home)
+        self.key = key  # the signing key named by --key; None: config or operator
 
     def engine(self) -> Engine:
         self.home.require()

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors, id_column, plain, when
+from kos_see.cli.signing import authenticate
 from kos_see.states import TaskState
 from kos_see.store import TaskFilter
 
@@ -79,7 +80,8 @@ def retry(
     context: CliContext = ctx.obj
     engine = context.engine()
     try:
-        task = engine.dispatcher.retry(task_id)
+        caller = authenticate(engine, context.key, "retry", {"task_id": task_id})
+        task = engine.dispatcher.retry(task_id, caller=caller)
         served = engine.last_notify_delivered
     finally:
         engine.close()

@@ -24,12 +24,14 @@ from kos_see.cli.output import (
     state_text,
     when,
 )
+from kos_see.cli.signing import authenticate
 from kos_see.cli.watch import watch_tasks
-from kos_see.dispatcher import MAX_NOT_BEFORE_AHEAD, SubmitRequest
+from kos_see.dispatcher import MAX_NOT_BEFORE_AHEAD, SubmitRequest, submit_fields
 from kos_see.durations import parse_duration
 from kos_see.engine import Engine
 from kos_see.errors import KosSeeError, TaskFailed, UsageError
 from kos_see.models import TaskRecord
+from kos_see.security.verify import Caller
 from kos_see.states import TaskState
 from kos_see.store import TaskFilter
 
@@ -145,7 +147,9 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Same key, same task.")
     ] = None,
-    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Default: the key's tenant.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit a task; prints its id, or with --wait its final state and result."""
@@ -153,7 +157,6 @@ def submit(
         service=service,
         input=parse_input(input_),
         tenant=tenant,
-        principal="local",
         priority=priority,
         queue_class=queue_class,
         not_before=_not_before(delay, not_before),
@@ -161,7 +164,8 @@ def submit(
     )
     engine = _engine(ctx)
     try:
-        submitted = engine.dispatcher.submit(request)
+        caller = _caller(ctx, engine, "submit", submit_fields(request))
+        submitted = engine.dispatcher.submit(request, caller=caller)
         served = engine.last_notify_delivered or not submitted.created
         task = submitted.task
         if wait:
@@ -195,6 +199,10 @@ def watch(
     """Show live state and progress of tasks until they end, then a results table."""
     engine = _engine(ctx)
     try:
+        # One signed read per task settles the right to watch it; the live
+        # updates after it are the engine's own reads.
+        for task_id in task_ids:
+            signed_get(ctx, engine, task_id)
         final = watch_tasks(engine, task_ids, as_json)
     finally:
         engine.close()
@@ -208,7 +216,7 @@ def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     """Show a task's state, progress and attempts."""
     engine = _engine(ctx)
     try:
-        task = engine.dispatcher.get(task_id)
+        task = signed_get(ctx, engine, task_id)
         attempts = engine.store.attempts(task_id)
     finally:
         engine.close()
@@ -252,11 +260,12 @@ def list_tasks(
         ) from exc
     engine = _engine(ctx)
     try:
-        found = engine.store.list_tasks(
-            TaskFilter(
-                state=wanted, service=service, tenant=tenant, limit=limit, offset=offset
-            )
+        where = TaskFilter(
+            state=wanted, service=service, tenant=tenant, limit=limit, offset=offset
         )
+        fields = {"state": state, "service": service, "tenant": tenant}
+        caller = _caller(ctx, engine, "list", fields)
+        found = engine.dispatcher.list_tasks(where, caller=caller)
     finally:
         engine.close()
     if as_json:
@@ -269,7 +278,7 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
     """Print a task's events (log lines, outputs, state changes) and captured output."""
     engine = _engine(ctx)
     try:
-        engine.dispatcher.get(task_id)
+        signed_get(ctx, engine, task_id)
         events = _all_events(engine, task_id)
         attempts = engine.store.attempts(task_id)
     finally:
@@ -305,7 +314,7 @@ def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     """Print a task's result document; exit 4 if it failed, 5 if not finished."""
     engine = _engine(ctx)
     try:
-        task = engine.dispatcher.get(task_id)
+        task = signed_get(ctx, engine, task_id)
     finally:
         engine.close()
     if as_json:
@@ -328,7 +337,8 @@ def cancel(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     """Cancel a queued or running task (a running one's processes are stopped)."""
     engine = _engine(ctx)
     try:
-        task = engine.dispatcher.cancel(task_id)
+        caller = _caller(ctx, engine, "cancel", {"task_id": task_id})
+        task = engine.dispatcher.cancel(task_id, caller=caller)
     finally:
         engine.close()
     if as_json:
@@ -347,6 +357,18 @@ def cancel(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
 def _engine(ctx: typer.Context) -> Engine:
     context: CliContext = ctx.obj
     return context.engine()
+
+
+def _caller(
+    ctx: typer.Context, engine: Engine, action: str, fields: dict[str, Any]
+) -> Caller:
+    context: CliContext = ctx.obj
+    return authenticate(engine, context.key, action, fields)
+
+
+def signed_get(ctx: typer.Context, engine: Engine, task_id: str) -> TaskRecord:
+    caller = _caller(ctx, engine, "read", {"task_id": task_id})
+    return engine.dispatcher.get(task_id, caller=caller)
 
 
 def _all_events(engine: Engine, task_id: str) -> list[Any]:

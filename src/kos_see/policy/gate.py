@@ -25,6 +25,7 @@ from typing import Any
 
 import casbin
 from casbin.model import Model
+from casbin.persist.adapters import FileAdapter
 
 from kos_see.errors import ConfigError, PermissionDenied
 from kos_see.security.principals import ANY_TENANT
@@ -211,7 +212,7 @@ def _enforcer(model: str, path: Path) -> casbin.Enforcer:
     parsed = Model()
     parsed.load_model_from_text(model)
     try:
-        enforcer = casbin.Enforcer(parsed, str(path))
+        enforcer = casbin.Enforcer(parsed, FileAdapter(str(path)))
     except (ValueError, IndexError, KeyError) as exc:
         raise ConfigError(f"policy file {path} cannot be read: {exc}") from exc
     enforcer.enable_auto_save(False)
@@ -233,7 +234,8 @@ def _check_lines(enforcer: casbin.Enforcer, path: Path) -> None:
             )
         if eft not in ("allow", "deny"):
             raise ConfigError(
-                f"policy file {path}: line {_line('p', rule)!r} must end in allow or deny"
+                f"policy file {path}: line {_line('p', rule)!r} must end in allow "
+                "or deny"
             )
     for rule in enforcer.get_named_policy("p2"):
         limit, value = rule[2], rule[3]
@@ -253,7 +255,8 @@ def _check_lines(enforcer: casbin.Enforcer, path: Path) -> None:
             float(value)
         except ValueError:
             raise ConfigError(
-                f"policy file {path}: line {_line('p2', rule)!r}: {value!r} is not a number"
+                f"policy file {path}: line {_line('p2', rule)!r}: {value!r} is not "
+                "a number"
             ) from None
 
 

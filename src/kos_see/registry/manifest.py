@@ -29,7 +29,7 @@ from __future__ import annotations
 import ast
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
 from pydantic import (
@@ -45,7 +45,8 @@ from kos_see.config import Seconds
 from kos_see.errors import ManifestError
 
 MANIFEST_NAME = "service.toml"
-KNOWN_RUNNERS = frozenset({"local_python"})
+KNOWN_RUNNERS = frozenset({"local_python", "sandbox"})
+SECRET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 
@@ -83,6 +84,11 @@ class Manifest(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, strict=True)
     limits: Limits = Limits()
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    # Secrets the service needs, by name: each attempt gets those the policy
+    # grants the submitter as files under secrets/ in its working directory.
+    secrets: list[Annotated[str, Field(pattern=SECRET_PATTERN)]] = Field(
+        default_factory=list
+    )
 
     @field_validator("runner")
     @classmethod

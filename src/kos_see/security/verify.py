@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from kos_see.config import SecurityConfig
 from kos_see.errors import (
     BadSignature,
+    PermissionDenied,
     PrincipalRevoked,
     SignatureRequired,
     StaleRequest,
@@ -38,12 +40,26 @@ class Caller:
     role: str | None  # None: an unsigned caller that no principal row backs
     signed: bool
     request_digest: str | None  # of the signed envelope; None when unsigned
+    # What the envelope asked for: the dispatcher refuses to act on a request
+    # other than the one signed (None: a caller made without an envelope).
+    action: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
 
     def acts_for(self, asked: str | None) -> str:
-        """The tenant a request of this caller is for."""
-        if asked:
-            return asked
-        return "default" if self.tenant == ANY_TENANT else self.tenant
+        """The tenant a request of this caller is for: a principal acts for
+        its own tenant; one of every tenant (``*``) for the one it asks for,
+        else ``default``. Asking for another tenant is refused."""
+        if self.tenant == ANY_TENANT:
+            return asked or "default"
+        if asked and asked != self.tenant:
+            raise PermissionDenied(
+                f"principal {self.principal!r} acts for tenant {self.tenant!r} and "
+                f"may not act for tenant {asked!r}; only a principal of every "
+                "tenant (*) chooses its tenant",
+                principal=self.principal,
+                tenant=asked,
+            )
+        return self.tenant
 
 
 class RequestVerifier:
@@ -93,6 +109,8 @@ class RequestVerifier:
             role=record.role,
             signed=True,
             request_digest=envelope.digest(),
+            action=envelope.action,
+            fields=envelope.fields,
         )
 
     def _unsigned(self, envelope: Envelope) -> Caller:
@@ -118,6 +136,8 @@ class RequestVerifier:
             role=record.role if record else None,
             signed=False,
             request_digest=None,
+            action=envelope.action,
+            fields=envelope.fields,
         )
 
     def _check_time(self, envelope: Envelope, now: float) -> None:

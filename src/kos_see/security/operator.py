@@ -1,0 +1,44 @@
+"""A fresh home's safe defaults: the engine key, an operator, a policy.
+
+``kos-see init`` calls ``ensure_operator`` so that a new home accepts only
+signed requests from its first minute and its owner can still use it: the
+owner's key signs the CLI's requests as principal ``operator``, an admin of
+every tenant, and the default policy gives admins everything and nobody
+else anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kos_see.home import Home
+from kos_see.policy.gate import default_policy_text
+from kos_see.security.keys import load_or_create, load_private
+from kos_see.security.principals import ANY_TENANT, PrincipalRecord, PrincipalStore
+
+OPERATOR = "operator"
+ADMIN_ROLE = "admin"
+
+
+def ensure_operator(home: Home, store: Any, policy_path: Path) -> PrincipalRecord:
+    """Make what is missing of the engine key, the operator key and
+    principal, and the policy file; leave what exists as it is."""
+    load_or_create(home.engine_key_path)
+    key = load_or_create(home.operator_key_path)
+    if not policy_path.exists():
+        policy_path.parent.mkdir(parents=True, exist_ok=True)
+        policy_path.write_text(default_policy_text())
+    principals = PrincipalStore(store)
+    record = principals.get(OPERATOR)
+    if record is None:
+        record = principals.add(OPERATOR, ANY_TENANT, ADMIN_ROLE, key.public)
+    return record
+
+
+def operator_key_exists(home: Home) -> bool:
+    try:
+        load_private(home.operator_key_path)
+    except Exception:
+        return False
+    return True
