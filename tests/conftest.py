@@ -363,3 +363,37 @@ def wait_no_task_processes() -> Callable[..., None]:
         assert not left, f"processes of task {task_id} still alive: {left}"
 
     return check
+
+
+# Principals and policy: real keys, real rows, a real Casbin policy file.
+
+
+class PrincipalFactory:
+    """``factory(name, tenant="acme", role="developer")`` makes an Ed25519 key,
+    adds the principal to the home's store and returns the SigningKey.
+    ``factory.policy(text)`` writes the home's policy file (Casbin lines)."""
+
+    def __init__(self, home: Home, store: Store) -> None:
+        self.home = home
+        self.store = store
+
+    def __call__(
+        self, name: str, tenant: str = "acme", role: str = "developer"
+    ) -> Any:
+        from kos_see.security.keys import generate
+        from kos_see.security.principals import PrincipalStore
+
+        key = generate()
+        PrincipalStore(self.store).add(name, tenant, role, key.public)
+        return key
+
+    def policy(self, text: str) -> Path:
+        path = self.home.root / "policy.csv"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+
+@pytest.fixture
+def make_principal(home: Home, home_store: Store) -> PrincipalFactory:
+    """Factory for principals with keys on ``home``; see :class:`PrincipalFactory`."""
+    return PrincipalFactory(home, home_store)

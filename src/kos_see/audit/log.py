@@ -7,8 +7,10 @@ request keeps auditing off the submit path's critical cost, and taking the
 head inside the store's write transaction keeps the chain whole when several
 processes (a serving engine and CLI commands) share one home.
 
-A serving engine flushes from a background thread every ``flush_interval``;
-any process flushes when it closes its engine. Known shortcoming: entries
+A serving engine flushes from a background thread every ``flush_interval``.
+A process without that thread (a CLI command, a client) writes each entry at
+once, so that its request precedes in the chain what a serving engine later
+records of the same task; it pays one transaction per request for that. Known shortcoming: entries
 recorded less than ``flush_interval`` before the process is killed outright
 (SIGKILL, power loss) are lost, while the tasks they describe exist; writing
 the entry in the task's own insert transaction would close that gap, at the
@@ -106,7 +108,9 @@ class AuditLog:
         with self._lock:
             self._pending.append(entry)
             many = len(self._pending) >= FLUSH_AT
-        if many:
+        if self._thread is None:
+            self.flush()
+        elif many:
             self._wake.set()
 
     def flush(self, checkpoint: bool = False) -> int:

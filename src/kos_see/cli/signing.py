@@ -6,6 +6,10 @@ whichever principal holds that key. Each command signs one envelope for the
 action it asks and hands the verified caller to the dispatcher, as every
 other interface does. Where ``security.allow_unsigned = true`` and there is
 no key, the request goes unsigned, as principal ``local``.
+
+A home whose operator is missing (made before ``init`` set one up, or by
+``Home.init`` alone) gets it on first use of the default key, as ``init``
+would make it: whoever can write the home owns its store anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from kos_see.engine import Engine
 from kos_see.errors import KeyFileError, UnknownPrincipal
 from kos_see.security.envelope import sign_request, unsigned_request
 from kos_see.security.keys import PRIVATE_SUFFIX, SigningKey, load_private
+from kos_see.security.operator import ensure_operator
 from kos_see.security.principals import PrincipalStore
 from kos_see.security.verify import Caller
 
@@ -37,8 +42,13 @@ def key_path(engine: Engine, named: str | None) -> Path:
 
 def load_key(engine: Engine, named: str | None) -> SigningKey | None:
     path = key_path(engine, named)
+    default = path == engine.home.operator_key_path
     if engine.config.security.allow_unsigned and not named and not path.exists():
         return None
+    if default and not path.exists():
+        ensure_operator(
+            engine.home, engine.store, engine.home.policy_path(engine.config)
+        )
     return load_private(path)
 
 

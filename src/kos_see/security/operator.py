@@ -14,7 +14,7 @@ from typing import Any
 
 from kos_see.home import Home
 from kos_see.policy.gate import default_policy_text
-from kos_see.security.keys import load_or_create, load_private
+from kos_see.security.keys import load_or_create
 from kos_see.security.principals import ANY_TENANT, PrincipalRecord, PrincipalStore
 
 OPERATOR = "operator"
@@ -34,11 +34,3 @@ def ensure_operator(home: Home, store: Any, policy_path: Path) -> PrincipalRecor
     if record is None:
         record = principals.add(OPERATOR, ANY_TENANT, ADMIN_ROLE, key.public)
     return record
-
-
-def operator_key_exists(home: Home) -> bool:
-    try:
-        load_private(home.operator_key_path)
-    except Exception:
-        return False
-    return True
