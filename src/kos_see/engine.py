@@ -23,8 +23,11 @@ from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
 from kos_see.policy.gate import PolicyGate
 from kos_see.registry import Registry
 from kos_see.runners.base import Runner
+from kos_see.runners.cgroups import Cgroups
 from kos_see.runners.launch import make_launcher
 from kos_see.runners.local import LocalPythonRunner
+from kos_see.runners.router import RunnerSet
+from kos_see.runners.sandbox import SandboxRunner
 from kos_see.security.canonical import sha256_digest
 from kos_see.security.keys import load_or_create
 from kos_see.states import TERMINAL
@@ -97,7 +100,7 @@ class Engine:
             self.store,
             self.registry,
             self.config,
-            runner or LocalPythonRunner(make_launcher(self.config.execution.launcher)),
+            runner or self._runners(),
             self.home.workdir_root(self.config),
             exclusive=True,
         )
@@ -113,6 +116,19 @@ class Engine:
         self._listener = listener
         listener.start()
         self._start_scheduler()
+
+    def _runners(self) -> RunnerSet:
+        """The local runner and the sandbox, sharing the host's cgroups and
+        the home's secrets; the sandbox never mounts the home."""
+        cgroups = Cgroups.detect()
+        secrets_dir = self.home.secrets_dir
+        local = LocalPythonRunner(
+            make_launcher(self.config.execution.launcher),
+            secrets_dir=secrets_dir,
+            cgroups=cgroups,
+        )
+        sandbox = SandboxRunner([self.home.root], secrets_dir, cgroups)
+        return RunnerSet({local.name: local, sandbox.name: sandbox})
 
     def stop(self, grace: float | None = None) -> None:
         self._stop_scheduler()

@@ -10,11 +10,13 @@ processes (a serving engine and CLI commands) share one home.
 A serving engine flushes from a background thread every ``flush_interval``.
 A process without that thread (a CLI command, a client) writes each entry at
 once, so that its request precedes in the chain what a serving engine later
-records of the same task; it pays one transaction per request for that. Known shortcoming: entries
-recorded less than ``flush_interval`` before the process is killed outright
-(SIGKILL, power loss) are lost, while the tasks they describe exist; writing
-the entry in the task's own insert transaction would close that gap, at the
-cost of a store change.
+records of the same task; it pays one transaction per request for that.
+
+Known shortcoming: in a serving engine, entries recorded less than
+``flush_interval`` before the process is killed outright (SIGKILL, power
+loss) are lost, while the tasks they describe exist; writing the entry in
+the task's own insert transaction would close that gap, at the cost of a
+store change.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ class AttemptSpec:
     event_cap: int = 10000
     result_cap: int = 1048576
     keep_workdir: bool = False
+    runner: str = "local_python"  # the task's (policy), else the manifest's
+    secrets: tuple[str, ...] = ()  # granted at submit; delivered as files
 
 
 @dataclass

@@ -45,6 +45,19 @@ def bind_to_parent(parent_pid: int) -> None:
         os._exit(137)
 
 
+def join_cgroups(procs: object) -> None:
+    """Enter the attempt's cgroups before any service code runs, so that its
+    memory and process ceilings hold for everything it starts."""
+    for path in procs if isinstance(procs, list) else []:
+        try:
+            with open(str(path), "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError as exc:
+            # Running without the ceiling it was given is not an option.
+            print(f"cannot join the attempt's cgroup {path}: {exc}", file=sys.stderr)
+            os._exit(125)
+
+
 def apply_limits(limits: dict[str, int | None]) -> None:
     for key, value in limits.items():
         if value is None:
@@ -141,6 +154,7 @@ def _describe(exc: BaseException, spec: dict[str, object]) -> str:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     bind_to_parent(int(spec["parent_pid"]))
+    join_cgroups(spec.get("cgroup_procs"))
     apply_limits(spec.get("limits") or {})
     code = run(spec)
     sys.stdout.flush()

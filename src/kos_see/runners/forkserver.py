@@ -137,6 +137,7 @@ def _child(request: dict[str, object], fds: list[int], parent: int) -> None:
         os.environ.update(env)
         os.environ["KOS_SEE_EVENTS_FD"] = str(CHILD_EVENTS_FD)
         bootstrap.bind_to_parent(parent)
+        bootstrap.join_cgroups(spec.get("cgroup_procs"))
         bootstrap.apply_limits(spec.get("limits") or {})
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)

@@ -20,6 +20,7 @@ import stat
 import time
 from pathlib import Path
 
+from kos_see.runners import secrets
 from kos_see.runners.base import (
     AttemptControl,
     AttemptOutcome,
@@ -27,6 +28,7 @@ from kos_see.runners.base import (
     OnEvents,
     OnStarted,
 )
+from kos_see.runners.cgroups import AttemptGroup, Cgroups
 from kos_see.runners.channel import CappedOutput, EventChannel
 from kos_see.runners.launch import ColdLauncher, Exit, Launcher
 
@@ -40,8 +42,15 @@ READ_SIZE = 65536
 class LocalPythonRunner:
     name = "local_python"
 
-    def __init__(self, launcher: Launcher | None = None) -> None:
+    def __init__(
+        self,
+        launcher: Launcher | None = None,
+        secrets_dir: Path | None = None,
+        cgroups: Cgroups | None = None,
+    ) -> None:
         self.launcher = launcher or ColdLauncher()
+        self.secrets_dir = secrets_dir  # where the engine keeps secret values
+        self.cgroups = cgroups  # None: rlimits only
 
     def process_parents(self) -> list[int]:
         pid = getattr(self.launcher, "server_pid", None)
@@ -60,11 +69,34 @@ class LocalPythonRunner:
         on_events: OnEvents,
     ) -> AttemptOutcome:
         prepare_workdir(spec)
+        group = None
         try:
-            return self._run(spec, control, on_started, on_events)
+            try:
+                secrets.deliver(spec.secrets, self.secrets_dir, spec.workdir)
+            except secrets.SecretMissing as exc:
+                return AttemptOutcome(
+                    status="failed", error_kind="secret_missing", error=str(exc)
+                )
+            group = self._group(spec)
+            outcome = self._run(spec, control, on_started, on_events, group)
+            if group is not None:
+                _memory_verdict(spec, outcome, group)
+            return outcome
         finally:
+            if group is not None:
+                group.remove()
             if not spec.keep_workdir:
                 remove_workdir(spec.workdir)
+
+    def _group(self, spec: AttemptSpec) -> AttemptGroup | None:
+        limits = spec.limits
+        # A group costs a few file writes per attempt: only for a ceiling.
+        wanted = limits.memory_mb is not None or limits.processes is not None
+        if self.cgroups is None or not spec.isolate or not wanted:
+            return None
+        return self.cgroups.create(
+            f"{spec.task_id}-{spec.attempt}", limits.memory_mb, limits.processes
+        )
 
     def _run(
         self,
@@ -72,13 +104,17 @@ class LocalPythonRunner:
         control: AttemptControl,
         on_started: OnStarted,
         on_events: OnEvents,
+        group: AttemptGroup | None = None,
     ) -> AttemptOutcome:
         pipes = _Pipes()
         try:
             env = attempt_env(spec, pipes.events_w)
+            launch_spec = child_spec(spec)
+            if group is not None:
+                launch_spec["cgroup_procs"] = group.procs_files
             try:
                 process = self.launcher.launch(
-                    child_spec(spec),
+                    launch_spec,
                     env,
                     {
                         "stdout": pipes.out_w,
@@ -221,6 +257,31 @@ class _Supervisor:
             self.on_events(events, progress)
 
 
+def _memory_verdict(
+    spec: AttemptSpec, outcome: AttemptOutcome, group: AttemptGroup
+) -> None:
+    """Name memory as the cause when the kernel killed the attempt for it
+    (its cgroup's OOM count rose) or it ran out of its address space."""
+    peak = group.peak_memory_kb()
+    if peak is not None:
+        outcome.extra["cgroup_peak_kb"] = peak
+    limit = spec.limits.memory_mb
+    out_of_space = (outcome.error or "").startswith("MemoryError:")
+    # The kernel may kill one process of the attempt (its largest); the rest
+    # then fail or run on to the timeout: either way memory was the cause.
+    ended_badly = outcome.status in ("failed", "timed_out")
+    if ended_badly and (group.oom_killed() or out_of_space):
+        outcome.extra["killed_by"] = "memory"
+        outcome.status = "failed"
+        outcome.error_kind = "memory"
+        outcome.retryable = False  # the same input needs the same memory
+        if not out_of_space:
+            outcome.error = (
+                f"killed for memory: the attempt used more than its limit of "
+                f"{limit} MiB (limits.memory_mb)"
+            )
+
+
 def _read_into(fd: int, sink, until_empty: bool = False) -> bool:  # type: ignore[no-untyped-def]
     """Read what is there; False at end of stream."""
     while True:
@@ -345,6 +406,8 @@ def attempt_env(spec: AttemptSpec, events_fd: int) -> dict[str, str]:
             "KOS_SEE_EVENTS_FD": str(events_fd),
         }
     )
+    if spec.secrets:
+        base["KOS_SEE_SECRETS_DIR"] = str(spec.workdir / "secrets")
     return base
 
 

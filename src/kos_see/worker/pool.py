@@ -491,6 +491,8 @@ class WorkerPool:
             event_cap=execution.event_cap,
             result_cap=execution.result_cap_bytes,
             keep_workdir=execution.keep_workdirs,
+            runner=task.runner or manifest.runner or execution.default_runner,
+            secrets=tuple(task.secret_names()),
         )
 
     def _known_manifest(self, lease: Lease) -> Manifest | None:
@@ -554,4 +556,5 @@ class WorkerPool:
             stdout_bytes=outcome.stdout_bytes,
             stderr_bytes=outcome.stderr_bytes,
             events_dropped=outcome.events_dropped,
+            extra=outcome.extra,
         )
