@@ -17,17 +17,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from kos_see.cli import (
-    audit_cmd,
-    dead_letters,
-    identities,
-    policy_cmd,
-    queue_cmd,
-    schedules,
-    serve,
-    services,
-    tasks,
-)
+from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -50,9 +40,19 @@ app.add_typer(queue_cmd.app, name="queue")
 serve.register(app)
 tasks.register(app)
 dead_letters.register(app)
-identities.register(app)
-app.add_typer(policy_cmd.app, name="policy")
-app.add_typer(audit_cmd.app, name="audit")
+
+
+def _add_security_commands() -> None:
+    # Keys, principals, policy, audit and secrets: one group of commands.
+    from kos_see.cli import audit_cmd, identities, policy_cmd, secrets_cmd
+
+    identities.register(app)
+    app.add_typer(policy_cmd.app, name="policy")
+    app.add_typer(audit_cmd.app, name="audit")
+    app.add_typer(secrets_cmd.app, name="secrets")
+
+
+_add_security_commands()
 
 HomeOption = Annotated[
     Path | None,

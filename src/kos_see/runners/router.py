@@ -21,8 +21,15 @@ class RunnerSet:
 
     name = "runners"
 
-    def __init__(self, runners: dict[str, Runner]) -> None:
+    def __init__(self, runners: dict[str, Runner], main: str = "local_python") -> None:
         self.runners = runners
+        self.main = main
+
+    @property
+    def launcher(self) -> object:
+        """The main runner's launcher (the fork server, by default), as a
+        single LocalPythonRunner would show it."""
+        return getattr(self.runners[self.main], "launcher", None)
 
     def process_parents(self) -> list[int]:
         return [pid for r in self.runners.values() for pid in r.process_parents()]
