@@ -1,8 +1,11 @@
 """What an audit entry and a checkpoint are, and the hashes that chain them.
 
-An entry's hash is SHA-256 over the RFC 8785 canonical JSON of all its
-columns, the previous entry's hash included, so changing, removing or moving
-any entry breaks every hash after it. A checkpoint is the engine key's
+An entry's hash is SHA-256 over the RFC 8785 canonical JSON of its columns
+(the previous entry's hash included) as an array, a newline, and its body's
+stored bytes, so changing, removing or moving any entry breaks every hash
+after it. The body is hashed as stored (compact JSON with sorted keys), not
+re-canonicalised: that keeps an entry's cost to microseconds, and a verifier
+in any language needs only the stored text. A checkpoint is the engine key's
 signature over one entry's position and hash: whoever holds the database but
 not the key cannot rewrite the chain up to a checkpoint, and a pruned log
 still starts from a position the engine vouched for.
@@ -62,17 +65,22 @@ def entry_hash(
     body: str,
     prev_hash: str,
 ) -> str:
-    covered = {
-        "seq": seq,
-        "at": at,
-        "kind": kind,
-        "task_id": task_id,
-        "principal": principal,
-        "tenant": tenant,
-        "body": body,
-        "prev_hash": prev_hash,
-    }
-    return sha256_digest(canonical_bytes(covered, "audit entry"))
+    header = [seq, at, kind, task_id, principal, tenant, prev_hash]
+    return sha256_digest(
+        canonical_bytes(header, "audit entry") + b"\n" + body.encode("utf-8")
+    )
+
+
+def body_text(body: dict[str, Any]) -> str:
+    """An entry's body as stored: compact JSON, keys sorted."""
+    return json.dumps(
+        body,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=str,
+    )
 
 
 def recomputed(entry: AuditEntry) -> str:

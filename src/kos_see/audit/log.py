@@ -28,11 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from kos_see.audit.chain import GENESIS, entry_hash, sign_checkpoint
+from kos_see.audit.chain import GENESIS, body_text, entry_hash, sign_checkpoint
 from kos_see.errors import StoreError
-from kos_see.security.canonical import canonical_bytes
 from kos_see.security.keys import SigningKey
 from kos_see.store.schema import audit_checkpoints, audit_entries
 
@@ -137,7 +134,7 @@ class AuditLog:
             rows = []
             for entry in batch:
                 seq += 1
-                body = canonical_bytes(entry.body, "audit entry").decode()
+                body = body_text(entry.body)
                 digest = entry_hash(
                     seq,
                     entry.at,
@@ -164,9 +161,7 @@ class AuditLog:
                 prev = digest
             if rows:
                 conn.execute(audit_entries.insert(), rows)
-            signed_up_to = conn.execute(
-                sa.select(sa.func.max(audit_checkpoints.c.seq))
-            ).scalar()
+            signed_up_to = conn.exec_driver_sql(LAST_CHECKPOINT).scalar()
             due = seq - (signed_up_to or 0) >= self.checkpoint_every
             if seq > (signed_up_to or 0) and (checkpoint or due) and key is not None:
                 point = sign_checkpoint(key, seq, prev, time.time())
@@ -220,21 +215,20 @@ class AuditLog:
             )
 
 
+# Plain SQL without parameters, valid on every database the store runs on:
+# run as text, these need no statement compiled per flush.
+HEAD_ENTRY = "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
+HEAD_CHECKPOINT = "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+LAST_CHECKPOINT = "SELECT max(seq) FROM audit_checkpoints"
+
+
 def head(conn: Any) -> tuple[int, str]:
     """The chain's last position and hash: its newest entry, or after a
     prune that left none, its newest checkpoint."""
-    row = conn.execute(
-        sa.select(audit_entries.c.seq, audit_entries.c.hash)
-        .order_by(audit_entries.c.seq.desc())
-        .limit(1)
-    ).first()
+    row = conn.exec_driver_sql(HEAD_ENTRY).first()
     if row is not None:
-        return int(row.seq), str(row.hash)
-    point = conn.execute(
-        sa.select(audit_checkpoints.c.seq, audit_checkpoints.c.hash)
-        .order_by(audit_checkpoints.c.seq.desc())
-        .limit(1)
-    ).first()
+        return int(row[0]), str(row[1])
+    point = conn.exec_driver_sql(HEAD_CHECKPOINT).first()
     if point is not None:
-        return int(point.seq), str(point.hash)
+        return int(point[0]), str(point[1])
     return 0, GENESIS
