@@ -132,7 +132,9 @@ class PolicyGate:
             subjects = {caller.principal, *self._roles(decide, caller, tenant)}
             found = Ceilings()
             for sub, dom, limit, value in decide.get_named_policy("p2"):
-                if sub not in subjects or dom not in (ANY_TENANT, tenant):
+                # Subject * holds for every caller in the tenant: a tenant's
+                # tasks may all be forced into the sandbox.
+                if sub not in (*subjects, "*") or dom not in (ANY_TENANT, tenant):
                     continue
                 found.rules.append(_line("p2", [sub, dom, limit, value]))
                 if limit == "runner":
