@@ -263,3 +263,31 @@ def test_a_sandboxed_task_ignoring_sigterm_is_killed_at_its_timeout(
     assert task.state.value == "timed_out"
     assert time.monotonic() - started < 20
     wait_no_task_processes(task.id, within=5)
+
+
+@pytest.mark.acceptance
+def test_a_sandboxed_attempt_dies_with_its_killed_engine(
+    tmp_path: Path, task_processes, wait_until
+):
+    from test_cli_acceptance import Cli, write_service
+
+    cli = Cli(tmp_path / "home")
+    try:
+        assert cli.run("init").returncode == 0
+        write_service(
+            tmp_path / "sleeper",
+            "sleeper",
+            "import time\ntime.sleep(120)\n",
+            runner="sandbox",
+        )
+        assert cli.run("services", "add", str(tmp_path / "sleeper")).returncode == 0
+        server = cli.serve()
+        task = cli.json("submit", "sleeper")
+        assert wait_until(lambda: task_processes(task["id"]), within=30)
+        server.kill()  # SIGKILL: no shutdown, no sweep
+        server.communicate(timeout=30)
+        assert wait_until(lambda: not task_processes(task["id"]), within=10), [
+            p.cmdline() for p in task_processes(task["id"])
+        ]
+    finally:
+        cli.close()
