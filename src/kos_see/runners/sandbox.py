@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,9 @@ class SandboxRunner(LocalPythonRunner):
         on_started: OnStarted,
         on_events: OnEvents,
     ) -> AttemptOutcome:
+        # A sandbox is isolation whatever security.task_isolation says: the
+        # engine's environment and unlimited resources stay outside.
+        spec = replace(spec, isolate=True)
         outcome = super().run(spec, control, on_started, on_events)
         outcome.extra["isolation"] = "sandbox" + (
             f"+cgroup-v{self.cgroups.version}" if self.cgroups else ""
