@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kos_see.audit.verify import entries, verify_log
-from kos_see.dispatcher import SubmitRequest, submit_fields
+from kos_see.dispatcher import SubmitRequest, request_from_fields, submit_fields
 from kos_see.engine import Engine
 from kos_see.errors import (
     BadSignature,
@@ -276,3 +276,25 @@ def test_the_engines_own_calls_are_not_gated_but_audited(setup):
     entry = audit_of(engine)[-1]
     assert entry["principal"] == "engine" and entry["body"]["signed"] is None
     assert load_public(engine.home.engine_key_path.with_suffix(".pub"))
+
+
+def test_submit_fields_round_trip_and_unknown_fields_are_refused():
+    request = SubmitRequest(
+        service="echo@1.0.0",
+        input={"a": [1, 2]},
+        tenant="acme",
+        priority=3,
+        queue_class="batch",
+        not_before=1800000000.5,
+        idempotency_key="k-1",
+    )
+    fields = submit_fields(request)
+    assert request_from_fields(json.loads(json.dumps(fields))) == request
+    assert submit_fields(SubmitRequest(service="echo", input=None)) == {
+        "service": "echo",
+        "input": None,
+    }
+    with pytest.raises(RequestRefused, match="unknown field"):
+        request_from_fields({"service": "echo", "input": {}, "principal": "root"})
+    with pytest.raises(RequestRefused, match="needs a service"):
+        request_from_fields({"input": {}})
