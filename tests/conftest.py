@@ -377,9 +377,7 @@ class PrincipalFactory:
         self.home = home
         self.store = store
 
-    def __call__(
-        self, name: str, tenant: str = "acme", role: str = "developer"
-    ) -> Any:
+    def __call__(self, name: str, tenant: str = "acme", role: str = "developer") -> Any:
         from kos_see.security.keys import generate
         from kos_see.security.principals import PrincipalStore
 
