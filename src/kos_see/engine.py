@@ -19,6 +19,7 @@ from kos_see.errors import HomeError, TaskNotFound
 from kos_see.events import wakeup
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
+from kos_see.provenance.wiring import make_recorder
 from kos_see.registry import Registry
 from kos_see.runners.base import Runner
 from kos_see.runners.launch import make_launcher
@@ -82,6 +83,7 @@ class Engine:
             runner or LocalPythonRunner(make_launcher(self.config.execution.launcher)),
             self.home.workdir_root(self.config),
             exclusive=True,
+            recorder=make_recorder(self.home, self.config),
         )
         self.pool.add_flush_listener(self._on_flush)
         try:

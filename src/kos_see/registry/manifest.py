@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from kos_see.config import Seconds
+from kos_see.dependencies.declared import Dependencies
 from kos_see.errors import ManifestError
 
 MANIFEST_NAME = "service.toml"
@@ -83,6 +84,8 @@ class Manifest(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, strict=True)
     limits: Limits = Limits()
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    # Prompts, artifacts and vector matches fetched before each attempt.
+    dependencies: Dependencies = Dependencies()
 
     @field_validator("runner")
     @classmethod

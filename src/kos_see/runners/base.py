@@ -39,6 +39,13 @@ class AttemptSpec:
     event_cap: int = 10000
     result_cap: int = 1048576
     keep_workdir: bool = False
+    # Called with the working directory once it is made, before the process
+    # starts (dependencies are fetched into it); an outcome returned ends the
+    # attempt there. None: nothing to do.
+    prepare: Callable[[Path], AttemptOutcome | None] | None = None
+    # Called with the working directory and the outcome after the process
+    # ended, before the directory is removed (out/ files are collected).
+    collect: Callable[[Path, AttemptOutcome], None] | None = None
 
 
 @dataclass

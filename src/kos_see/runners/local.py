@@ -61,7 +61,14 @@ class LocalPythonRunner:
     ) -> AttemptOutcome:
         prepare_workdir(spec)
         try:
-            return self._run(spec, control, on_started, on_events)
+            if spec.prepare is not None:
+                refused = spec.prepare(spec.workdir)
+                if refused is not None:
+                    return refused
+            outcome = self._run(spec, control, on_started, on_events)
+            if spec.collect is not None:
+                spec.collect(spec.workdir, outcome)
+            return outcome
         finally:
             if not spec.keep_workdir:
                 remove_workdir(spec.workdir)
