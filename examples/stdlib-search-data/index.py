@@ -1,7 +1,8 @@
 """Prints one JSON line per standard library module: its name and the first
 paragraph of its docstring, read from the source with ``ast`` (no import).
 
-    python examples/stdlib-search-data/index.py | kos-see vectors add stdlib_docs --file -
+    python examples/stdlib-search-data/index.py \
+        | kos-see vectors add stdlib_docs --file -
 """
 
 from __future__ import annotations

@@ -4,13 +4,14 @@ import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 from kos_see import service
 
 question = service.inputs()["question"]
-matches = json.load(open("vectors/modules.json", encoding="utf-8"))
-prompt = open("prompt.txt", encoding="utf-8").read()
-stopwords = set(open("stopwords.txt", encoding="utf-8").read().split())
+matches = json.loads(Path("vectors/modules.json").read_text(encoding="utf-8"))
+prompt = Path("prompt.txt").read_text(encoding="utf-8")
+stopwords = set(Path("stopwords.txt").read_text(encoding="utf-8").split())
 
 words = Counter(
     word
