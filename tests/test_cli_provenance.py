@@ -11,10 +11,10 @@ import json
 import textwrap
 
 import pytest
-
 from depfixtures import embedding_server, verify_with_securesystemslib
+from test_cli_acceptance import Cli, cli  # noqa: F401, F811 (the fixture)
+
 from kos_see.home import Home
-from test_cli_acceptance import Cli, cli  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.acceptance
 
@@ -58,7 +58,10 @@ def _service(folder, digest):
     return folder
 
 
-def test_artifacts_vectors_provenance_and_replay_through_the_cli(cli: Cli, tmp_path):
+def test_artifacts_vectors_provenance_and_replay_through_the_cli(
+    cli: Cli,  # noqa: F811 (the fixture, imported)
+    tmp_path,
+):
     with embedding_server() as url:
         cli.env["KOS_SEE_DEPENDENCIES__EMBEDDER"] = "endpoint"
         cli.env["KOS_SEE_DEPENDENCIES__EMBED_ENDPOINT"] = url

@@ -19,7 +19,6 @@ from kos_see.errors import HomeError, TaskNotFound
 from kos_see.events import wakeup
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
-from kos_see.provenance.wiring import make_recorder
 from kos_see.registry import Registry
 from kos_see.runners.base import Runner
 from kos_see.runners.launch import make_launcher
@@ -76,6 +75,9 @@ class Engine:
                 f"another engine already serves {self.home.root}; stop it first "
                 "(only one engine serves an embedded home)"
             ) from exc
+        # Imported here: only a serving engine fetches dependencies.
+        from kos_see.provenance.wiring import make_recorder
+
         self.pool = WorkerPool(
             self.store,
             self.registry,

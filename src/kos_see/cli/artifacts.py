@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, plain
-from kos_see.dependencies.vault import Vault
+from kos_see.dependencies.paths import vault_url
 from kos_see.errors import UsageError
-from kos_see.provenance.wiring import vault_url
+
+if TYPE_CHECKING:
+    from kos_see.dependencies.vault import Vault
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -21,6 +23,8 @@ app = typer.Typer(help="Store and read artifacts in the vault.", no_args_is_help
 
 
 def _vault(ctx: typer.Context) -> Vault:
+    from kos_see.dependencies.vault import Vault  # fsspec: only when used
+
     context: CliContext = ctx.obj
     home = context.home.require()
     return Vault(vault_url(home, home.load_config()))

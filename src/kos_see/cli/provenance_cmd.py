@@ -33,7 +33,6 @@ from kos_see.provenance.replay import (
     latest_statement,
     recorded_dependencies,
 )
-from kos_see.provenance.wiring import make_provisioner
 from kos_see.security.keys import load_or_create
 from kos_see.states import TaskState
 
@@ -109,6 +108,8 @@ def replay(
     context: CliContext = ctx.obj
     engine = context.engine()
     try:
+        from kos_see.provenance.wiring import make_provisioner
+
         original = _task(engine, task_id)
         recorded = latest_statement(engine.store, task_id)
         provisioner = make_provisioner(context.home, engine.config)

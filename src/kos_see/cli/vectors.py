@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,9 +13,11 @@ from rich.table import Table
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, plain
 from kos_see.dependencies.embed import make_embedder
-from kos_see.dependencies.vectors import Item, VectorStore
+from kos_see.dependencies.paths import vectors_path
 from kos_see.errors import UsageError
-from kos_see.provenance.wiring import vectors_path
+
+if TYPE_CHECKING:
+    from kos_see.dependencies.vectors import Item, VectorStore
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -23,6 +25,9 @@ app = typer.Typer(help="Fill and query vector collections.", no_args_is_help=Tru
 
 
 def _store(ctx: typer.Context) -> VectorStore:
+    # sqlite-vec loads in a tenth of a second: only for these commands.
+    from kos_see.dependencies.vectors import VectorStore
+
     context: CliContext = ctx.obj
     home = context.home.require()
     config = home.load_config()
@@ -57,6 +62,8 @@ def add(
 def _items(text: str | None, key: str | None, file: Path | None) -> list[Item]:
     if (text is None) == (file is None):
         raise UsageError("give either --text (with --key) or --file")
+    from kos_see.dependencies.vectors import Item
+
     if text is not None:
         if not key:
             raise UsageError("--text needs --key, the item's key in the collection")
@@ -89,6 +96,8 @@ def _item(line: str, number: int, file: Path) -> Item:
             f'{file} line {number}: expected {{"key": str, "text": str, '
             '"metadata": {...}}'
         )
+    from kos_see.dependencies.vectors import Item
+
     return Item(value["key"], value["text"], value.get("metadata", {}))
 
 

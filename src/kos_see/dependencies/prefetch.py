@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kos_see.config import DependenciesConfig
 from kos_see.dependencies.declared import (
@@ -28,8 +28,10 @@ from kos_see.dependencies.declared import (
 from kos_see.dependencies.embed import make_embedder
 from kos_see.dependencies.prompts import PromptLibrary
 from kos_see.dependencies.vault import Vault, read_url, sha256_digest
-from kos_see.dependencies.vectors import VectorStore
 from kos_see.errors import DependencyFailed, KosSeeError
+
+if TYPE_CHECKING:
+    from kos_see.dependencies.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class Provisioner:
     @property
     def vectors(self) -> VectorStore:
         if self._vectors is None:
+            # Imported on first use: sqlite-vec costs a tenth of a second to
+            # load, which a service without vector dependencies never pays.
+            from kos_see.dependencies.vectors import VectorStore
+
             self._vectors = VectorStore(self.vectors_path, make_embedder(self.config))
         return self._vectors
 

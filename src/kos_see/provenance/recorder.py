@@ -20,9 +20,8 @@ import logging
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kos_see.dependencies.prefetch import Fetched, Output, Provisioner
 from kos_see.errors import DependencyFailed
 from kos_see.models import AttemptFinished, Lease, ProvenanceWrite, ServiceRecord
 from kos_see.provenance.dsse import sign_envelope
@@ -30,6 +29,9 @@ from kos_see.provenance.statement import AttemptFacts, build_statement
 from kos_see.registry.manifest import Manifest
 from kos_see.runners.base import AttemptOutcome
 from kos_see.security.keys import SigningKey
+
+if TYPE_CHECKING:
+    from kos_see.dependencies.prefetch import Fetched, Output, Provisioner
 
 log = logging.getLogger(__name__)
 

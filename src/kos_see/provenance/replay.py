@@ -14,14 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kos_see.dependencies.prefetch import Provisioner
 from kos_see.errors import DependencyFailed, ProvenanceNotFound, ServiceChanged
 from kos_see.models import TaskRecord
 from kos_see.provenance.dsse import statement_of
 from kos_see.registry import Registry
 from kos_see.store import Store
+
+if TYPE_CHECKING:
+    from kos_see.dependencies.prefetch import Provisioner
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kos_see.dependencies.prefetch import Fetched, Output
+if TYPE_CHECKING:
+    from kos_see.dependencies.prefetch import Fetched, Output
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kos_see.config import EngineConfig
+from kos_see.dependencies.paths import prompt_library, vault_url, vectors_path
 from kos_see.dependencies.prefetch import Provisioner
 from kos_see.home import Home
 from kos_see.provenance.recorder import Recorder
 from kos_see.security.keys import load_or_create
-
-
-def prompt_library(home: Home, config: EngineConfig) -> Path:
-    configured = config.dependencies.prompt_library
-    return Path(configured) if configured else home.root / "prompts"
-
-
-def vault_url(home: Home, config: EngineConfig) -> str:
-    return config.dependencies.vault_url or str(home.root / "vault")
-
-
-def vectors_path(home: Home, config: EngineConfig) -> Path:
-    configured = config.dependencies.vectors_url
-    return Path(configured) if configured else home.root / "vectors.db"
 
 
 def make_provisioner(home: Home, config: EngineConfig) -> Provisioner:
