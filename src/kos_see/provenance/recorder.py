@@ -25,7 +25,11 @@ from typing import TYPE_CHECKING, Any
 from kos_see.errors import DependencyFailed
 from kos_see.models import AttemptFinished, Lease, ProvenanceWrite, ServiceRecord
 from kos_see.provenance.dsse import sign_envelope
-from kos_see.provenance.statement import AttemptFacts, build_statement
+from kos_see.provenance.statement import (
+    AttemptFacts,
+    build_statement,
+    builder_version,
+)
 from kos_see.registry.manifest import Manifest
 from kos_see.runners.base import AttemptOutcome
 from kos_see.security.keys import SigningKey
@@ -59,7 +63,7 @@ class Recorder:
         self.key = key  # None: dependencies without provenance
         self.runner = runner
         self.sandbox = sandbox
-        self.version = engine_version()
+        self.builder = builder_version(engine_version())
 
     def begin(
         self, lease: Lease, service: ServiceRecord, manifest: Manifest, worker: str
@@ -184,5 +188,5 @@ class AttemptRecord:
             dependencies=self.fetched,
             outputs=self.outputs,
         )
-        statement: dict[str, Any] = build_statement(facts, self.recorder.version)
+        statement: dict[str, Any] = build_statement(facts, self.recorder.builder)
         return json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
