@@ -9,6 +9,7 @@ real library folder; artifacts from a real vault folder.
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 
 import pytest
@@ -197,10 +198,11 @@ def test_a_collection_refuses_a_query_from_another_embedder(tmp_path, endpoint):
 
 
 def test_an_attempt_gets_its_dependencies_and_leaves_verified_provenance(
-    home, filled, deps_engine, make_service
+    home, filled, deps_engine, make_service, caplog
 ):
     make_service("deps", SERVICE_SOURCE, manifest_text=_manifest(filled))
-    task = run(deps_engine, "deps", {"question": "apple pie"})
+    with caplog.at_level(logging.INFO, logger="kos_see.provenance.recorder"):
+        task = run(deps_engine, "deps", {"question": "apple pie"})
     assert task.state == TaskState.SUCCEEDED, task.error
     assert json.loads(task.result) == {"best": "apple", "words": 4}
 
@@ -214,6 +216,12 @@ def test_an_attempt_gets_its_dependencies_and_leaves_verified_provenance(
     }
     assert fetched["artifact:data/words.txt"]["digest"] == filled
     assert all(d["fetch_seconds"] >= 0 for d in fetched.values())
+    # ... and in one structured log line each.
+    logged = [
+        r for r in caplog.records if getattr(r, "action", None) == "dependency_fetched"
+    ]
+    assert {r.dependency for r in logged} == set(fetched)
+    assert all(r.task_id == task.id and r.fetch_seconds >= 0 for r in logged)
 
     # out/ files are in the vault, their digests on the task.
     outputs = json.loads(task.outputs)
@@ -276,6 +284,13 @@ def test_replay_is_identical_and_refused_once_a_dependency_changed(
     comparison = compare(recorded, latest_statement(deps_engine.store, changed.id))
     assert not comparison.identical
     assert {d["name"] for d in comparison.differ} == {"out/answer.txt"}
+
+    # Edited code under the same version cannot be replayed either.
+    main = make_service.folder("deps") / "main.py"
+    main.write_text(main.read_text() + "\n# edited\n")
+    changes = changes_since(recorded, first, deps_engine.registry, provisioner)
+    assert len(changes) == 1
+    assert changes[0].startswith("service deps@1.0.0: ") and "changed" in changes[0]
 
 
 def test_a_failed_fetch_fails_the_attempt_with_a_retryable_error(
