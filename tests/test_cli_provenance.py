@@ -8,6 +8,7 @@ loopback in this test process (``depfixtures.embedding_server``).
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 
 import pytest
@@ -111,3 +112,15 @@ def test_artifacts_vectors_provenance_and_replay_through_the_cli(
         assert refused.returncode == 3
         assert "prompt:greet@1: digest was sha256:" in refused.stderr
         cli.stop(server)
+
+    # A record altered in the store no longer verifies, and the CLI says so.
+    envelope = shown["envelope"]
+    envelope["payload"] = envelope["payload"][:-8] + "AAAAAAA="
+    with sqlite3.connect(Home(cli.home).database_path) as db:
+        db.execute(
+            "update provenance set envelope = ? where task_id = ?",
+            (json.dumps(envelope), task["id"]),
+        )
+    altered = cli.run("provenance", task["id"])
+    assert altered.returncode == 1
+    assert "does not verify against the engine's key" in altered.stderr

@@ -223,3 +223,9 @@ class ReplayRefused(RequestRefused):
     """The task cannot be replayed as it ran: something it depended on changed."""
 
     code = "replay_refused"
+
+
+class ProvenanceInvalid(KosSeeError):
+    """A provenance record does not verify against the engine's key."""
+
+    code = "provenance_invalid"

@@ -21,6 +21,7 @@ from kos_see.dispatcher import SubmitRequest
 from kos_see.engine import Engine
 from kos_see.errors import (
     EXIT_TASK_FAILED,
+    ProvenanceInvalid,
     ProvenanceNotFound,
     ReplayRefused,
     TaskNotFound,
@@ -79,7 +80,15 @@ def provenance(
     record = chosen[-1]
     envelope = json.loads(record["envelope"])
     key = load_or_create(context.home.engine_key_path)
-    verify_envelope(envelope, key.public)  # raises if the record was altered
+    try:
+        verify_envelope(envelope, key.public)
+    except ValueError as exc:
+        raise ProvenanceInvalid(
+            f"the provenance record of task {task_id} attempt {record['attempt']} "
+            f"does not verify against the engine's key {key.key_id}: it was "
+            "altered, or signed by another key",
+            task_id=task_id,
+        ) from exc
     if as_json:
         emit_json(
             {

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,9 +72,15 @@ class Provisioner:
         self.vault = Vault(vault_url)
         self.vectors_path = vectors_path
         self._vectors: VectorStore | None = None
+        # Slots ask at once; the model behind the store must load only once.
+        self._vectors_lock = threading.Lock()
 
     @property
     def vectors(self) -> VectorStore:
+        with self._vectors_lock:
+            return self._vector_store()
+
+    def _vector_store(self) -> VectorStore:
         if self._vectors is None:
             # Imported on first use: sqlite-vec costs a tenth of a second to
             # load, which a service without vector dependencies never pays.
