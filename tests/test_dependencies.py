@@ -8,9 +8,12 @@ real library folder; artifacts from a real vault folder.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import logging
 import textwrap
+import threading
 
 import pytest
 from depfixtures import embedding_server, verify_with_securesystemslib
@@ -392,3 +395,83 @@ def test_a_symlink_under_out_is_not_followed(home, make_engine, make_service):
     assert task.state == TaskState.SUCCEEDED, task.error
     assert set(json.loads(task.outputs)) == {"out/real.txt"}
     assert engine.store.provenance_records(task.id)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on loopback serving ``tmp_path / "served"``."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+def _url_service(make_service, url, digest=None, max_bytes=None, version="1.0.0"):
+    lines = [
+        'name = "http"',
+        f'version = "{version}"',
+        'entrypoint = "main.py"',
+        "retry_limit = 0",
+        "[[dependencies.artifacts]]",
+        f'url = "{url}"',
+        'path = "data/page.txt"',
+    ]
+    if digest:
+        lines.append(f'digest = "{digest}"')
+    if max_bytes:
+        lines.append(f"max_bytes = {max_bytes}")
+    make_service(
+        "http",
+        "from kos_see import service\nservice.result(open('data/page.txt').read())\n",
+        manifest_text="\n".join(lines) + "\n",
+        version=version,
+    )
+
+
+def test_an_artifact_is_fetched_over_http_with_its_digest_checked(
+    home, file_server, make_engine, make_service
+):
+    served, base = file_server
+    (served / "page.txt").write_text("served over http")
+    digest = sha256_digest(b"served over http")
+    _url_service(make_service, f"{base}/page.txt", digest=digest)
+    engine = make_engine(dependencies={"url_schemes": ["http"]})
+    task = run(engine, "http")
+    assert task.state == TaskState.SUCCEEDED, task.error
+    assert json.loads(task.result) == "served over http"
+    fetched = json.loads(engine.store.attempts(task.id)[-1].dependencies)
+    assert fetched[0]["digest"] == digest
+    assert fetched[0]["source"] == f"{base}/page.txt"
+
+    # The same URL now serves other bytes: the declared digest refuses them.
+    (served / "page.txt").write_text("swapped")
+    task = run(engine, "http")
+    assert task.state == TaskState.FAILED
+    assert task.error_kind == "dependency"
+    assert f"not the declared {digest}" in task.error
+
+
+def test_an_http_artifact_that_is_missing_or_too_large_fails_clearly(
+    home, file_server, make_engine, make_service
+):
+    served, base = file_server
+    (served / "big.txt").write_text("x" * 100)
+    _url_service(make_service, f"{base}/missing.txt")
+    engine = make_engine(dependencies={"url_schemes": ["http"]})
+    task = run(engine, "http")
+    assert task.state == TaskState.FAILED and task.error_kind == "dependency"
+    assert f"cannot read artifact URL '{base}/missing.txt'" in task.error
+    _url_service(make_service, f"{base}/big.txt", max_bytes=10, version="2.0.0")
+    task = run(engine, "http@2.0.0")
+    assert task.state == TaskState.FAILED
+    assert "is larger than 10 bytes" in task.error
