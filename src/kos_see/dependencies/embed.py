@@ -52,7 +52,10 @@ class MiniLmEmbedder:
     def embed(self, texts: list[str]) -> list[list[float]]:
         model = self._load()
         with self._lock:  # one encode at a time: the model is not re-entrant
-            vectors = model.encode(texts, normalize_embeddings=True)
+            try:
+                vectors = model.encode(texts, normalize_embeddings=True)
+            except Exception as exc:  # torch raises many kinds; all mean the same
+                raise EmbeddingError(f"{self.name} could not embed: {exc}") from exc
         return [[float(x) for x in row] for row in vectors]
 
 

@@ -76,12 +76,17 @@ class VectorStore:
         self.embedder = embedder
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30)
-        conn.enable_load_extension(True)
-        sqlite_vec.load(conn)
-        conn.enable_load_extension(False)
-        conn.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30)
+            conn.enable_load_extension(True)
+            sqlite_vec.load(conn)
+            conn.enable_load_extension(False)
+            conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise CollectionError(
+                f"the vector database {self.path} cannot be opened: {exc}"
+            ) from exc
         return conn
 
     def add(self, collection: str, items: Iterable[Item]) -> int:
@@ -96,6 +101,10 @@ class VectorStore:
                 self._ensure(conn, collection, len(vectors[0]))
                 for item, vector in zip(batch, vectors, strict=True):
                     self._upsert(conn, collection, item, vector)
+        except sqlite3.Error as exc:
+            raise CollectionError(
+                f"collection {collection!r} could not be written: {exc}"
+            ) from exc
         finally:
             conn.close()
         return len(batch)
@@ -177,6 +186,10 @@ class VectorStore:
                 "where v.embedding match ? and k = ? order by v.distance, i.key",
                 (sqlite_vec.serialize_float32(vector), top_k),
             ).fetchall()
+        except sqlite3.Error as exc:
+            raise CollectionError(
+                f"collection {collection!r} could not be queried: {exc}"
+            ) from exc
         finally:
             conn.close()
         return [
