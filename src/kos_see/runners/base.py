@@ -41,6 +41,13 @@ class AttemptSpec:
     keep_workdir: bool = False
     runner: str = "local_python"  # the task's (policy), else the manifest's
     secrets: tuple[str, ...] = ()  # granted at submit; delivered as files
+    # Called with the working directory once it is made, before the process
+    # starts (dependencies are fetched into it); an outcome returned ends the
+    # attempt there. None: nothing to do.
+    prepare: Callable[[Path], AttemptOutcome | None] | None = None
+    # Called with the working directory and the outcome after the process
+    # ended, before the directory is removed (out/ files are collected).
+    collect: Callable[[Path, AttemptOutcome], None] | None = None
 
 
 @dataclass

@@ -77,10 +77,16 @@ class LocalPythonRunner:
                 return AttemptOutcome(
                     status="failed", error_kind="secret_missing", error=str(exc)
                 )
+            if spec.prepare is not None:
+                refused = spec.prepare(spec.workdir)
+                if refused is not None:
+                    return refused
             group = self._group(spec)
             outcome = self._run(spec, control, on_started, on_events, group)
             if group is not None:
                 _memory_verdict(spec, outcome, group)
+            if spec.collect is not None:
+                spec.collect(spec.workdir, outcome)
             return outcome
         finally:
             if group is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kos_see.models import (
     AttemptRecord,
@@ -142,6 +143,11 @@ class Store(ABC):
 
     @abstractmethod
     def attempts(self, task_id: str) -> list[AttemptRecord]: ...
+
+    def provenance_records(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's provenance records (task_id, attempt, created_at,
+        statement_digest, envelope), in attempt order."""
+        raise NotImplementedError
 
     # events
 

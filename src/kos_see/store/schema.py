@@ -71,6 +71,9 @@ tasks = sa.Table(
     # The runner chosen at submit: the manifest's, or "sandbox" when the
     # policy forces it for the tenant. None: the manifest's.
     sa.Column("runner", sa.String(32)),
+    # Files the last attempt wrote under out/, stored in the vault: JSON of
+    # path -> {digest, size}.
+    sa.Column("outputs", sa.Text),
 )
 
 # Leasing reads only queued rows, by lane, tenant and rank, so the index holds
@@ -134,6 +137,9 @@ attempts = sa.Table(
     # What ended the attempt from outside, if anything: timeout, memory,
     # cpu_time, file_size, cancel.
     sa.Column("killed_by", sa.String(16)),
+    # The dependencies fetched before the process started, with their digests
+    # and fetch times: a JSON list.
+    sa.Column("dependencies", sa.Text),
 )
 
 events = sa.Table(
@@ -233,4 +239,16 @@ audit_checkpoints = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("key_id", sa.String(80), nullable=False),
     sa.Column("signature", sa.Text, nullable=False),
+)
+
+# One signed provenance record per attempt that ran: a DSSE envelope around an
+# in-toto statement with a SLSA provenance predicate.
+provenance = sa.Table(
+    "provenance",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("statement_digest", sa.String(80), nullable=False),
+    sa.Column("envelope", sa.Text, nullable=False),
 )

@@ -38,6 +38,7 @@ from kos_see.store.driver import DriverConnection
 from kos_see.store.schema import (
     attempts,
     events,
+    provenance,
     services,
     tasks,
 )
@@ -638,6 +639,16 @@ class SqlStore(Store):
         )
         with self._read() as conn:
             return [AttemptRecord(**row._mapping) for row in conn.execute(query)]
+
+    def provenance_records(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's provenance records, one per attempt that has one, in order."""
+        query = (
+            sa.select(provenance)
+            .where(provenance.c.task_id == task_id)
+            .order_by(provenance.c.attempt)
+        )
+        with self._read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         query = (

@@ -15,6 +15,7 @@ from kos_see.store.schema import (
     attempts,
     events,
     fair_share,
+    provenance,
     queue_state,
     services,
     tasks,
@@ -212,3 +213,20 @@ cpu_used = (
 next_due = sa.select(sa.func.min(tasks.c.not_before)).where(
     tasks.c.state == QUEUED, tasks.c.lane == "deferred"
 )
+
+
+# Dependencies and provenance, written in the attempt's batch.
+record_dependencies = (
+    attempts.update()
+    .where(
+        attempts.c.task_id == bindparam("b_id"),
+        attempts.c.number == bindparam("b_number"),
+    )
+    .values(dependencies=bindparam("b_dependencies"))
+)
+record_outputs = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("b_id"))
+    .values(outputs=bindparam("b_outputs"))
+)
+insert_provenance = provenance.insert()

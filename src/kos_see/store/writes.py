@@ -34,6 +34,9 @@ class WriteBatch:
         self.finished: list[dict[str, Any]] = []
         self.ended: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.dependencies: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+        self.provenance: list[dict[str, Any]] = []
 
     def add(
         self,
@@ -80,6 +83,18 @@ class WriteBatch:
                 conn.execute(q.insert_attempt, _attempt_row(row))
         if self.events:
             conn.execute(q.insert_events, self.events)
+        self._execute_provenance(conn)
+
+    def _execute_provenance(self, conn: Connection) -> None:
+        # After the attempts' rows exist, including one inserted just above.
+        groups = (
+            (q.record_dependencies, self.dependencies),
+            (q.record_outputs, self.outputs),
+            (q.insert_provenance, self.provenance),
+        )
+        for statement, rows in groups:
+            if rows:
+                conn.execute(statement, rows)
 
     def _started(self, write: AttemptStarted, state: TaskState) -> TaskState:
         check_transition(state, TaskState.RUNNING)
@@ -185,7 +200,26 @@ class WriteBatch:
                 not_before=write.not_before,
             )
         )
+        if write.provenance is not None:
+            self._provenance(write)
         return target
+
+    def _provenance(self, write: AttemptFinished) -> None:
+        record = write.provenance
+        assert record is not None
+        key = {"b_id": write.task_id, "b_number": write.attempt}
+        self.dependencies.append({**key, "b_dependencies": record.dependencies})
+        self.outputs.append({"b_id": write.task_id, "b_outputs": record.outputs})
+        if record.envelope:
+            self.provenance.append(
+                {
+                    "task_id": write.task_id,
+                    "attempt": write.attempt,
+                    "created_at": write.at,
+                    "statement_digest": record.statement_digest,
+                    "envelope": record.envelope,
+                }
+            )
 
 
 def _attempt_row(ended: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ then stops them and returns their tasks to the queue.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -34,6 +35,7 @@ from kos_see.models import (
     Lease,
     ServiceRecord,
 )
+from kos_see.provenance.recorder import AttemptRecord, Recorder
 from kos_see.queue.fair import Policy, Rules
 from kos_see.queue.retry import RetryPolicy, next_state
 from kos_see.registry import Manifest, Registry
@@ -98,6 +100,7 @@ class WorkerPool:
         owner: str | None = None,
         exclusive: bool = False,
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -109,6 +112,8 @@ class WorkerPool:
         # held by another owner was left by a process that is gone.
         self.exclusive = exclusive
         self.rng = rng or random.Random()
+        # Dependencies and provenance; None: attempts get neither.
+        self.recorder = recorder
         execution = config.execution
         self.slots = execution.max_concurrent_tasks
         self.retry = RetryPolicy(
@@ -440,6 +445,10 @@ class WorkerPool:
                 ),
             )
         spec = self._spec(lease, service.path, manifest)
+        record = None
+        if self.recorder is not None:
+            record = self.recorder.begin(lease, service, manifest, self.owner)
+            spec = _with_hooks(spec, record)
 
         def started(pid: int, at: float) -> None:
             self._write(
@@ -465,7 +474,8 @@ class WorkerPool:
                 "cpu_seconds": outcome.cpu_seconds,
             },
         )
-        return self._finished(lease, outcome, manifest)
+        finished = self._finished(lease, outcome, manifest)
+        return finished if record is None else record.seal(finished)
 
     def _service(self, name: str, version: str) -> tuple[ServiceRecord, Manifest]:
         return self.registry.resolve(f"{name}@{version}")
@@ -558,3 +568,10 @@ class WorkerPool:
             events_dropped=outcome.events_dropped,
             extra=outcome.extra,
         )
+
+
+def _with_hooks(spec: AttemptSpec, record: AttemptRecord) -> AttemptSpec:
+    prepare, collect = record.prepare_hook, record.collect_hook
+    if prepare is None and collect is None:
+        return spec
+    return dataclasses.replace(spec, prepare=prepare, collect=collect)

@@ -1,0 +1,1 @@
+"""Provenance: the signed record of what an attempt ran, and its replay."""
