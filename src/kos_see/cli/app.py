@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from kos_see.cli import dead_letters, queue_cmd, schedules, serve, services, tasks
+from kos_see.cli.api_cmd import register as register_api
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -39,6 +40,7 @@ app.add_typer(queue_cmd.app, name="queue")
 serve.register(app)
 tasks.register(app)
 dead_letters.register(app)
+register_api(app)
 
 HomeOption = Annotated[
     Path | None,
