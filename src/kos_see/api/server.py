@@ -99,7 +99,10 @@ class ApiServer:
     def _start_rest(self, host: str, port: int) -> int:
         # Bind here, so that port 0 gives a free port known before serving.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY on accepted
+        # sockets only when their proto says TCP, and without it every small
+        # response waits out the client's delayed ACK (about 40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
