@@ -118,3 +118,13 @@ def test_metrics_may_be_opened_by_config(make_api):
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     assert httpx.get(f"{api.url}/readyz").status_code == 401
+
+
+def test_metrics_turned_off_by_telemetry_config_answer_501(make_api):
+    api = make_api(telemetry={"enable_metrics": False})
+    answer = httpx.get(
+        f"{api.url}/metrics",
+        headers={"Authorization": f"Bearer {api.client().token()}"},
+    )
+    assert answer.status_code == 501
+    assert "enable_metrics" in answer.json()["message"]

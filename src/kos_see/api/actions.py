@@ -92,6 +92,7 @@ class ApiActions:
         if callback is not None:
             url, secret, made = self._callback(callback)
         submitted = self.dispatcher.submit(request, caller=caller)
+        self.feed.poke()
         if url is not None and secret is not None:
             sub = self.callbacks.subscribe(submitted.task.id, url, secret)
             made = made and sub.secret == secret
@@ -119,10 +120,14 @@ class ApiActions:
         return self.dispatcher.get(task_id, caller=caller)
 
     def cancel(self, caller: Caller, task_id: str) -> TaskRecord:
-        return self.dispatcher.cancel(task_id, caller=caller)
+        task = self.dispatcher.cancel(task_id, caller=caller)
+        self.feed.poke()  # a queued task ends here, with no flush to tell streams
+        return task
 
     def retry(self, caller: Caller, task_id: str) -> TaskRecord:
-        return self.dispatcher.retry(task_id, caller=caller)
+        task = self.dispatcher.retry(task_id, caller=caller)
+        self.feed.poke()
+        return task
 
     def list(
         self,

@@ -22,7 +22,7 @@ from kos_see.api import schemas
 from kos_see.api.actions import ApiActions
 from kos_see.api.auth import Authenticator
 from kos_see.api.status import http_status
-from kos_see.errors import KosSeeError, TaskNotFound
+from kos_see.errors import KosSeeError, NotAvailable, RequestRefused, TaskNotFound
 from kos_see.models import ServiceRecord, TaskRecord
 from kos_see.security.verify import Caller
 from kos_see.telemetry.metrics import CONTENT_TYPE, metrics_registry, render
@@ -93,10 +93,17 @@ def create_app(actions: ApiActions, auth: Authenticator) -> FastAPI:
     @app.get(
         "/metrics",
         response_class=Response,
-        responses={**ERRORS, **METRICS_RESPONSE},
+        responses={**ERRORS, **METRICS_RESPONSE, 501: {"model": schemas.ErrorOut}},
     )
     def metrics(_caller: Annotated[None, Depends(open_reader("metrics"))]) -> Response:
-        """The engine's Prometheus metrics, read from the store."""
+        """The engine's Prometheus metrics, read from the store (501 when
+        telemetry.enable_metrics is false or telemetry.provider is none)."""
+        telemetry = actions.config.telemetry
+        if not telemetry.enable_metrics or telemetry.provider != "prometheus":
+            raise NotAvailable(
+                "metrics are turned off (telemetry.enable_metrics = false or "
+                "telemetry.provider = none)"
+            )
         return Response(render(registry), media_type=CONTENT_TYPE)
 
     @app.post(
@@ -347,8 +354,6 @@ def _resume_point(last_event_id: str | None, after: int) -> int:
     try:
         return max(after, int(last_event_id))
     except ValueError:
-        from kos_see.errors import RequestRefused
-
         raise RequestRefused(
             f"Last-Event-ID {last_event_id!r} is not an event id (an integer)",
             field="last-event-id",
