@@ -137,3 +137,34 @@ def test_an_unsigned_remote_request_is_refused(served):
     env = {k: v for k, v in served.items() if k != "KOS_SEE_KEY"}
     done = _run(env, "submit", "echo", "--json", expect=3)
     assert json.loads(done.stdout)["error"] == "unsigned_request"
+
+
+def test_kos_see_api_serves_alone_and_stops_on_sigterm(tmp_path: Path):
+    env = {**os.environ, "KOS_SEE_HOME": str(tmp_path / "home")}
+    subprocess.run([*KOS_SEE, "init"], env=env, check=True, capture_output=True)
+    port, grpc_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [*KOS_SEE, "api", "--port", str(port), "--grpc-port", str(grpc_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz")
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.1)
+        assert answer.json()["status"] == "ok"
+        unsigned = httpx.get(f"http://127.0.0.1:{port}/v1/services")
+        assert unsigned.status_code == 401
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert f"gRPC 127.0.0.1:{grpc_port}" in err

@@ -30,6 +30,7 @@ from kos_see.security.principals import PrincipalStore
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
+STOP_GRACE = 2
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,13 @@ class ApiServer:
                 "api.port to a free port"
             ) from exc
         bound = sock.getsockname()[1]
+        # Open event streams do not hold a stop up for longer than this.
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off"
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=STOP_GRACE,
         )
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(
