@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import pytest
@@ -77,3 +78,85 @@ def test_a_delivery_that_never_succeeds_is_marked_failed_not_dropped(api, make_s
     assert store.get(task_id).state == "failed"
     attempts = [d.attempt for d in store.deliveries(task_id)]
     assert attempts[-1] == 3 and attempts == sorted(set(attempts))
+
+
+class CuttingProxy:
+    """A TCP proxy on loopback that cuts its first connection after
+    ``cut_after`` bytes from the server, as a dropped network would."""
+
+    def __init__(self, upstream_port: int, cut_after: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut_after = cut_after
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            limit = self.cut_after if self.connections == 1 else None
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(
+                target=self._pipe, args=(downstream, upstream, None), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(upstream, downstream, limit), daemon=True
+            ).start()
+
+    def _pipe(self, source, sink, limit) -> None:
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                data = source.recv(min(4096, limit - sent) if limit else 4096)
+                if not data:
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+STEPS = """
+    import time
+    from kos_see import service
+    for i in range(10):
+        service.progress(i + 1, 10)
+        time.sleep(0.1)
+    service.result({"done": True})
+"""
+
+
+def test_a_dropped_event_stream_resumes_where_it_stopped(api, make_service):
+    make_service("steps", STEPS, retry_limit=0)
+    port = int(api.url.rsplit(":", 1)[1])
+    with Client(api.url, "alice", api.keys["alice"]) as direct:
+        task_id = direct.submit("steps", {})["task"]["id"]
+        token = direct.token()
+    proxy = CuttingProxy(port, cut_after=1500)
+    try:
+        with Client(f"http://127.0.0.1:{proxy.port}", "alice", api.keys["alice"]) as c:
+            c._r.keep_token({"token": token, "expires_at": time.time() + 600})
+            events = list(c.events(task_id))
+    finally:
+        proxy.close()
+    assert proxy.connections >= 2  # the stream was cut and opened again
+    ids = [e["id"] for e in events if e["kind"] != "end"]
+    assert ids == sorted(set(ids))  # nothing twice, in order
+    with Client(api.url, "alice", api.keys["alice"]) as direct:
+        every = [e["id"] for e in direct.events(task_id) if e["kind"] != "end"]
+    assert ids == every  # and nothing lost
+    assert events[-1]["state"] == "succeeded"
