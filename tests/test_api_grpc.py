@@ -123,3 +123,20 @@ def test_standard_health_service_answers_serving(channel):
     for name in ("", "kos_see.v1.Engine"):
         answer = stub.Check(health_pb2.HealthCheckRequest(service=name))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_committed_generated_code_matches_the_proto(tmp_path):
+    """scripts/proto regenerates exactly the committed files."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [str(root / "scripts" / "proto"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    committed = root / "src" / "kos_see" / "api" / "grpc"
+    for name in ("engine_pb2.py", "engine_pb2.pyi", "engine_pb2_grpc.py"):
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), name
