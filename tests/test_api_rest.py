@@ -240,6 +240,7 @@ def test_openapi_document_lists_every_endpoint(api):
         "/v1/tasks/{task_id}/cancel",
         "/v1/tasks/{task_id}/retry",
         "/v1/tasks/{task_id}/events",
+        "/v1/tasks/{task_id}/callback",
         "/v1/tokens",
         "/v1/services",
         "/v1/schedules",

@@ -104,6 +104,11 @@ def test_a_receiver_that_is_down_gets_the_delivery_later(api, make_service):
     assert got["payload"]["result"] == {"echo": 3}
     assert got["payload"]["delivery_attempt"] == len(deliveries)
 
+    # The API shows the same record, without the secret.
+    shown = client.callback(task_id)
+    assert shown["state"] == "delivered" and "secret" not in shown
+    assert [d["status"] for d in shown["deliveries"]] == [d.status for d in deliveries]
+
 
 def test_the_engine_makes_a_secret_when_none_is_given(api, make_service):
     make_service("echo", ECHO, entrypoint="main.py:run", retry_limit=0)

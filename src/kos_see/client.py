@@ -199,6 +199,10 @@ class Client:
     def result(self, task_id: str) -> dict[str, Any]:
         return self._read(f"/v1/tasks/{task_id}/result")
 
+    def callback(self, task_id: str) -> dict[str, Any]:
+        """The task's webhook state and every delivery attempt."""
+        return self._read(f"/v1/tasks/{task_id}/callback")
+
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._change(
             f"/v1/tasks/{task_id}/cancel", "cancel", {"task_id": task_id}

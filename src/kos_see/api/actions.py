@@ -18,7 +18,12 @@ from kos_see.api.tokens import IssuedToken, TokenIssuer
 from kos_see.callbacks.store import CallbackStore, check_url, new_secret
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher, SubmitRequest, Submitted
-from kos_see.errors import NotAvailable, PermissionDenied, RequestRefused
+from kos_see.errors import (
+    NotAvailable,
+    PermissionDenied,
+    RequestRefused,
+    TaskNotFound,
+)
 from kos_see.models import ServiceRecord, TaskRecord
 from kos_see.security.principals import ANY_TENANT
 from kos_see.security.verify import Caller
@@ -118,6 +123,21 @@ class ApiActions:
 
     def get(self, caller: Caller, task_id: str) -> TaskRecord:
         return self.dispatcher.get(task_id, caller=caller)
+
+    def callback(self, caller: Caller, task_id: str) -> dict[str, Any]:
+        """A task's webhook and every delivery attempt (its secret never)."""
+        self.get(caller, task_id)
+        sub = self.callbacks.get(task_id)
+        if sub is None:
+            raise TaskNotFound(f"task {task_id!r} has no callback", task_id=task_id)
+        return {
+            "task_id": sub.task_id,
+            "url": sub.url,
+            "state": sub.state,
+            "attempts": sub.attempts,
+            "next_at": sub.next_at,
+            "deliveries": [d.to_dict() for d in self.callbacks.deliveries(task_id)],
+        }
 
     def cancel(self, caller: Caller, task_id: str) -> TaskRecord:
         task = self.dispatcher.cancel(task_id, caller=caller)

@@ -180,6 +180,15 @@ def create_app(actions: ApiActions, auth: Authenticator) -> FastAPI:
             "error_kind": task.error_kind,
         }
 
+    @app.get(
+        "/v1/tasks/{task_id}/callback",
+        response_model=schemas.CallbackOut,
+        responses=ERRORS,
+    )
+    def callback(task_id: TaskId, caller: Annotated[Caller, Depends(reader)]) -> Any:
+        """The task's webhook: its state and every delivery attempt."""
+        return actions.callback(caller, task_id)
+
     @app.post(
         "/v1/tasks/{task_id}/cancel", response_model=schemas.TaskOut, responses=ERRORS
     )

@@ -133,3 +133,20 @@ class ScheduleOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     detail: str | None = None
+
+
+class DeliveryOut(BaseModel):
+    attempt: int
+    at: float
+    status: int | None = Field(description="The receiver's HTTP status; null: none.")
+    error: str | None
+    duration: float
+
+
+class CallbackOut(BaseModel):
+    task_id: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_at: float
+    deliveries: list[DeliveryOut]
