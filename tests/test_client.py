@@ -160,3 +160,24 @@ def test_a_dropped_event_stream_resumes_where_it_stopped(api, make_service):
         every = [e["id"] for e in direct.events(task_id) if e["kind"] != "end"]
     assert ids == every  # and nothing lost
     assert events[-1]["state"] == "succeeded"
+
+
+def test_every_engine_error_survives_the_wire_as_its_own_class():
+    from kos_see.api.status import _classes, error_from_dict, http_status
+    from kos_see.errors import InputInvalid, KosSeeError, RequestRefused
+
+    classes = _classes()
+    assert {"unknown_schedule", "principal_exists", "bad_token"} <= set(classes)
+    for code, cls in classes.items():
+        if cls is InputInvalid:
+            exc = cls("bad input", [{"path": "$.n", "message": "required"}])
+        else:
+            exc = cls(f"{code} happened", field="x")
+        back = error_from_dict(exc.to_dict(), http_status(exc))
+        assert type(back) is cls, code
+        assert back.message == exc.message and back.details == exc.details
+    # An unknown code still arrives typed, by its status.
+    unknown = error_from_dict({"error": "new_code", "message": "m"}, 404)
+    assert type(unknown) is RequestRefused and unknown.code == "new_code"
+    assert type(error_from_dict({"error": "new", "message": "m"}, 500)) is KosSeeError
+    assert type(error_from_dict("<html>", 502)) is ServerUnreachable

@@ -344,6 +344,24 @@ class AsyncClient:
     async def services(self) -> list[dict[str, Any]]:
         return await self._read("/v1/services")
 
+    async def schedules(self) -> list[dict[str, Any]]:
+        return await self._read("/v1/schedules")
+
+    async def dead_letters(self, **filters: Any) -> dict[str, Any]:
+        return await self._read("/v1/dead-letters", _list_params(**filters))
+
+    async def callback(self, task_id: str) -> dict[str, Any]:
+        return await self._read(f"/v1/tasks/{task_id}/callback")
+
+    async def audit_verify(self) -> dict[str, Any]:
+        return await self._read("/v1/audit/verify")
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send("GET", "/healthz")
+
+    async def metrics(self) -> str:
+        return await self._read("/metrics")
+
     async def events(
         self, task_id: str, after: int = 0
     ) -> AsyncIterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Engine errors on the wire: the HTTP status and gRPC code of each, and back.
+"""Engine errors on the wire: the HTTP status of each, and back to the class.
 
 Every error crosses an interface as its JSON form (``KosSeeError.to_dict``:
 ``error`` code, ``message`` and details). The client turns that form back into
@@ -7,9 +7,8 @@ the same class, so a remote caller catches what a local one would.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-import grpc
 
 from kos_see import errors
 from kos_see.errors import KosSeeError
@@ -41,18 +40,6 @@ HTTP_STATUS: dict[str, int] = {
     "task_failed": 409,
 }
 
-GRPC_STATUS: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.FAILED_PRECONDITION,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
-
 
 def http_status(exc: KosSeeError) -> int:
     for cls in type(exc).__mro__:
@@ -62,11 +49,17 @@ def http_status(exc: KosSeeError) -> int:
     return 500
 
 
-def grpc_status(exc: KosSeeError) -> grpc.StatusCode:
-    return GRPC_STATUS.get(http_status(exc), grpc.StatusCode.UNKNOWN)
+# Modules that define engine errors of their own, beside kos_see.errors.
+ERROR_MODULES = (
+    "kos_see.store.schedule_store",
+    "kos_see.security.principals",
+    "kos_see.queue.schedules",
+)
 
 
 def _classes() -> dict[str, type[KosSeeError]]:
+    for name in ERROR_MODULES:
+        importlib.import_module(name)
     found: dict[str, type[KosSeeError]] = {}
     pending: list[type[KosSeeError]] = [KosSeeError]
     while pending:

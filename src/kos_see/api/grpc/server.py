@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kos_see.api.actions import ApiActions
 from kos_see.api.auth import Authenticator
 from kos_see.api.grpc import engine_pb2, engine_pb2_grpc
-from kos_see.api.status import grpc_status
+from kos_see.api.status import http_status
 from kos_see.errors import KosSeeError, RequestRefused
 from kos_see.models import TaskRecord
 from kos_see.security.verify import Caller
@@ -35,6 +35,24 @@ SERVICE_NAME = "kos_see.v1.Engine"
 ERROR_METADATA = "kos-see-error"
 MAX_WORKERS = 32
 Reply = TypeVar("Reply")
+
+
+# The gRPC code of each HTTP status that engine errors answer with.
+GRPC_STATUS: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(exc: KosSeeError) -> grpc.StatusCode:
+    return GRPC_STATUS.get(http_status(exc), grpc.StatusCode.UNKNOWN)
 
 
 def task_message(task: TaskRecord) -> engine_pb2.Task:
