@@ -395,3 +395,76 @@ class PrincipalFactory:
 def make_principal(home: Home, home_store: Store) -> PrincipalFactory:
     """Factory for principals with keys on ``home``; see :class:`PrincipalFactory`."""
     return PrincipalFactory(home, home_store)
+
+
+# The API: a real uvicorn and gRPC server on loopback, on free ports.
+
+
+class ApiFixture:
+    """A serving engine with its API server started, and two principals:
+    ``alice`` (tenant ``acme``) and ``ops`` (every tenant), each with a key."""
+
+    def __init__(self, engine: Engine) -> None:
+        from kos_see.api.server import ApiServer
+        from kos_see.security.keys import generate
+        from kos_see.security.principals import PrincipalStore
+
+        self.engine = engine
+        self.keys = {"alice": generate(), "ops": generate()}
+        principals = PrincipalStore(engine.store)
+        principals.add("alice", "acme", "submitter", self.keys["alice"].public)
+        principals.add("ops", "*", "admin", self.keys["ops"].public)
+        self.server = ApiServer(engine)
+        self.addresses = self.server.start()
+        self.url = self.addresses.rest
+        self._clients: list[Any] = []
+
+    def client(self, principal: str = "alice") -> Any:
+        from kos_see.client import Client
+
+        client = Client(self.url, principal, self.keys.get(principal))
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.server.stop()
+
+
+API_SECTIONS: dict[str, dict[str, Any]] = {
+    "api": {"port": 0, "grpc_port": 0, "open_endpoints": ["health", "readiness"]},
+    "callbacks": {
+        "allowed_hosts": ["127.0.0.1"],
+        "retry_base": 0.05,
+        "retry_cap": 0.2,
+        "poll": 0.1,
+        "timeout": 2,
+    },
+}
+
+
+@pytest.fixture
+def make_api(make_engine: EngineFactory) -> Iterator[Callable[..., ApiFixture]]:
+    """``make_api(**sections)``: a serving engine (``API_SECTIONS`` and
+    ``sections`` over the test configuration) with its API started; stopped
+    after the test."""
+    started: list[ApiFixture] = []
+
+    def factory(**sections: dict[str, Any]) -> ApiFixture:
+        merged = {name: dict(values) for name, values in API_SECTIONS.items()}
+        for name, values in sections.items():
+            merged.setdefault(name, {}).update(values)
+        api = ApiFixture(make_engine(serve=True, **merged))
+        started.append(api)
+        return api
+
+    yield factory
+    for api in reversed(started):
+        api.close()
+
+
+@pytest.fixture
+def api(make_api: Callable[..., ApiFixture]) -> ApiFixture:
+    """The default API fixture; see :class:`ApiFixture`."""
+    return make_api()

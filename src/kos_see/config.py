@@ -235,6 +235,40 @@ class ProvenanceConfig(_Section):
     enabled: bool = True
 
 
+class ApiConfig(_Section):
+    # The REST and gRPC interfaces; off unless enabled, and on loopback
+    # unless told otherwise.
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)  # 0: any free port
+    grpc_port: int | None = Field(8471, ge=0, le=65535)  # None: no gRPC server
+    # Paths served without authentication; only health, readiness and metrics
+    # may be listed.
+    open_endpoints: list[Literal["health", "readiness", "metrics"]] = Field(
+        default_factory=lambda: ["health", "readiness"]
+    )
+    # How long a read token issued by POST /v1/tokens is valid, and the most a
+    # request may ask for.
+    token_ttl: Seconds = Field(900.0, gt=0)
+    token_max_ttl: Seconds = Field(3600.0, gt=0)
+    page_max: int = Field(500, ge=1, le=10000)
+
+
+class CallbacksConfig(_Section):
+    # Hosts a task's callback URL may name (exact names or "*.example.org");
+    # empty: no task may ask for a callback.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # http URLs are accepted only for these hosts (tests, loopback receivers).
+    insecure_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    timeout: Seconds = Field(5.0, gt=0)
+    retry_base: Seconds = Field(1.0, gt=0)
+    retry_cap: Seconds = Field(300.0, gt=0)
+    # After this many failed attempts a delivery is marked failed (kept, shown
+    # in the store) instead of retried again.
+    max_attempts: int = Field(20, ge=1, le=1000)
+    poll: Seconds = Field(1.0, gt=0)
+
+
 class EngineConfig(_Section):
     execution: ExecutionConfig = ExecutionConfig()
     queue: QueueConfig = QueueConfig()
@@ -246,6 +280,8 @@ class EngineConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     dependencies: DependenciesConfig = DependenciesConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
+    api: ApiConfig = ApiConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
 
 
 def load_config(

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kos_see.audit.log import AuditLog
@@ -71,6 +72,9 @@ class Engine:
         self._recently_ended: deque[tuple[int, set[str]]] = deque(maxlen=256)
         # Whether the last notify reached a serving engine (for the CLI's message).
         self.last_notify_delivered = False
+        # Told after each flush of task writes, with whether a task ended: the
+        # API's streams, webhooks and metrics hang off this one call site.
+        self._task_listeners: list[Callable[[bool], None]] = []
 
     @classmethod
     def open(cls, home: Home, config: EngineConfig | None = None) -> Engine:
@@ -167,12 +171,21 @@ class Engine:
         else:
             self.last_notify_delivered = wakeup.send(self.home.root, reason)
 
+    def add_task_listener(self, listener: Callable[[bool], None]) -> None:
+        self._task_listeners.append(listener)
+
+    def remove_task_listener(self, listener: Callable[[bool], None]) -> None:
+        if listener in self._task_listeners:
+            self._task_listeners.remove(listener)
+
     def _on_flush(self, batch: list[AttemptWrite]) -> None:
         ended = {
             w.task_id
             for w in batch
             if isinstance(w, AttemptFinished) and w.next_state in TERMINAL
         }
+        for listener in list(self._task_listeners):
+            listener(bool(ended))
         if ended:
             with self._finished:
                 self._generation += 1

@@ -229,3 +229,33 @@ class ProvenanceInvalid(KosSeeError):
     """A provenance record does not verify against the engine's key."""
 
     code = "provenance_invalid"
+
+
+class AuthenticationRequired(RequestRefused):
+    """The request carries neither a signed envelope nor a read token."""
+
+    code = "authentication_required"
+
+
+class TokenInvalid(RequestRefused):
+    """The read token is malformed, expired, or not signed by this engine."""
+
+    code = "bad_token"
+
+
+class CallbackRefused(RequestRefused):
+    """The task's callback URL is not one this engine may call."""
+
+    code = "callback_refused"
+
+
+class NotAvailable(KosSeeError):
+    """This engine does not provide what was asked for."""
+
+    code = "not_available"
+
+
+class ServerUnreachable(KosSeeError):
+    """The engine's API server could not be reached or answered out of protocol."""
+
+    code = "server_unreachable"

@@ -28,6 +28,7 @@ from kos_see.cli import (
     tasks,
     vectors,
 )
+from kos_see.cli.api_cmd import register as register_api
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors
 from kos_see.config import load_config
@@ -66,6 +67,7 @@ def _add_security_commands() -> None:
 
 
 _add_security_commands()
+register_api(app)
 
 HomeOption = Annotated[
     Path | None,

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from kos_see.cli import remote
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json, errors, id_column, plain, when
 from kos_see.cli.signing import authenticate
@@ -33,8 +34,13 @@ def dead_letters(
     tenant: Annotated[str | None, typer.Option("--tenant")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
     as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
 ) -> None:
     """List dead tasks (all attempts used), newest first, with their last error."""
+    if server:
+        return remote.dead_letters(
+            server, as_json, service=service, tenant=tenant, limit=limit
+        )
     context: CliContext = ctx.obj
     engine = context.engine()
     try:
@@ -75,8 +81,11 @@ def retry(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(metavar="TASK", help="A dead task's id.")],
     as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
 ) -> None:
     """Put a dead task back in the queue with 1 + its retry limit attempts."""
+    if server:
+        return remote.retry(server, task_id, as_json)
     context: CliContext = ctx.obj
     engine = context.engine()
     try:

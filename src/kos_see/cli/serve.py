@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kos_see.cli.api_cmd import start_api
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import errors
 from kos_see.config import validate_config
@@ -58,8 +59,10 @@ def serve(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    api = None
     try:
         engine.serve()
+        api = start_api(engine)  # REST and gRPC, when [api] enabled = true
         errors.print(
             f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
             "(Ctrl-C stops gracefully)",
@@ -75,5 +78,7 @@ def serve(
             highlight=False,
         )
     finally:
+        if api is not None:
+            api.stop()
         engine.close()
     errors.print("stopped", highlight=False)

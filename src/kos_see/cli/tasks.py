@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from kos_see.cli import remote
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import (
     console,
@@ -151,8 +152,20 @@ def submit(
         str | None, typer.Option("--tenant", help="Default: the key's tenant.")
     ] = None,
     as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
 ) -> None:
     """Submit a task; prints its id, or with --wait its final state and result."""
+    if server:
+        fields = {
+            "service": service,
+            "input": parse_input(input_),
+            "tenant": None if tenant == "default" else tenant,
+            "priority": priority,
+            "queue_class": queue_class,
+            "not_before": _not_before(delay, not_before),
+            "idempotency_key": idempotency_key,
+        }
+        return remote.submit(server, fields, wait, as_json)
     request = SubmitRequest(
         service=service,
         input=parse_input(input_),
@@ -195,8 +208,11 @@ def watch(
     as_json: Annotated[
         bool, typer.Option("--json", help="Stream events as JSON lines.")
     ] = False,
+    server: remote.ServerOption = None,
 ) -> None:
     """Show live state and progress of tasks until they end, then a results table."""
+    if server:
+        return remote.events(server, task_ids, as_json)
     engine = _engine(ctx)
     try:
         # One signed read per task settles the right to watch it; the live
@@ -212,8 +228,15 @@ def watch(
         raise typer.Exit(TaskFailed.exit_code)
 
 
-def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+def status(
+    ctx: typer.Context,
+    task_id: TaskArg,
+    as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
+) -> None:
     """Show a task's state, progress and attempts."""
+    if server:
+        return remote.status(server, task_id, as_json)
     engine = _engine(ctx)
     try:
         task = signed_get(ctx, engine, task_id)
@@ -249,8 +272,19 @@ def list_tasks(
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
 ) -> None:
     """List tasks, newest first."""
+    if server:
+        return remote.list_tasks(
+            server,
+            as_json,
+            state=state,
+            service=service,
+            tenant=tenant,
+            limit=limit,
+            offset=offset,
+        )
     try:
         wanted = None if state is None else TaskState(state)
     except ValueError as exc:
@@ -274,8 +308,15 @@ def list_tasks(
     print_table(found)
 
 
-def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+def logs(
+    ctx: typer.Context,
+    task_id: TaskArg,
+    as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
+) -> None:
     """Print a task's events (log lines, outputs, state changes) and captured output."""
+    if server:
+        return remote.events(server, [task_id], as_json)
     engine = _engine(ctx)
     try:
         signed_get(ctx, engine, task_id)
@@ -310,8 +351,15 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
                 console.print(captured.rstrip("\n"), highlight=False, markup=False)
 
 
-def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+def result(
+    ctx: typer.Context,
+    task_id: TaskArg,
+    as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
+) -> None:
     """Print a task's result document; exit 4 if it failed, 5 if not finished."""
+    if server:
+        return remote.result(server, task_id, as_json)
     engine = _engine(ctx)
     try:
         task = signed_get(ctx, engine, task_id)
@@ -333,8 +381,15 @@ def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
     _exit_for(task)
 
 
-def cancel(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
+def cancel(
+    ctx: typer.Context,
+    task_id: TaskArg,
+    as_json: JsonFlag = False,
+    server: remote.ServerOption = None,
+) -> None:
     """Cancel a queued or running task (a running one's processes are stopped)."""
+    if server:
+        return remote.cancel(server, task_id, as_json)
     engine = _engine(ctx)
     try:
         caller = _caller(ctx, engine, "cancel", {"task_id": task_id})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0005"
 
 metadata = sa.MetaData()
 
@@ -252,3 +252,33 @@ provenance = sa.Table(
     sa.Column("statement_digest", sa.String(80), nullable=False),
     sa.Column("envelope", sa.Text, nullable=False),
 )
+
+# Webhook subscriptions: a task's callback URL and the secret its payloads are
+# signed with (HMAC-SHA256). One per task; ``state`` is pending until the
+# payload of the task's terminal state is delivered (or given up on: failed).
+callbacks = sa.Table(
+    "callbacks",
+    metadata,
+    sa.Column("task_id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.Float, nullable=False),  # when to try next
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("ix_callbacks_due", callbacks.c.state, callbacks.c.next_at)
+
+# Every delivery attempt of a callback, answered or not.
+callback_deliveries = sa.Table(
+    "callback_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("status", sa.Integer),  # the receiver's HTTP status; None: no answer
+    sa.Column("error", sa.Text),
+    sa.Column("duration", sa.Float, nullable=False),
+)
+sa.Index("ix_callback_deliveries_task", callback_deliveries.c.task_id)

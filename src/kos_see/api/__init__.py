@@ -1,0 +1,1 @@
+"""The network interfaces: REST (FastAPI) and gRPC, over the same dispatcher."""

@@ -1,0 +1,1 @@
+"""Telemetry: the Prometheus metrics of the engine, read from the store."""
