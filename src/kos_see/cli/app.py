@@ -105,7 +105,8 @@ def init(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Create the engine's home with a commented config and an empty store."""
+    """Create the engine's home: a commented config, an empty store, the engine
+    key, an operator key and principal, and the default policy."""
     context: CliContext = ctx.obj
     created = context.home.init()
     engine = context.engine()

@@ -60,7 +60,15 @@ def authenticate(
     if key is None:
         envelope = unsigned_request(UNSIGNED_PRINCIPAL, action, fields)
         return engine.dispatcher.authenticate(envelope)
-    holder = PrincipalStore(engine.store).by_key(key.key_id)
+    principals = PrincipalStore(engine.store)
+    holder = principals.by_key(key.key_id)
+    if holder is None and key.path == engine.home.operator_key_path:
+        # The key exists but its principal not yet: another command on this
+        # fresh home is making the operator right now; finish it here.
+        ensure_operator(
+            engine.home, engine.store, engine.home.policy_path(engine.config)
+        )
+        holder = principals.by_key(key.key_id)
     if holder is None:
         raise UnknownPrincipal(
             f"no principal holds the key {key.path} ({key.key_id}); add one with "

@@ -90,16 +90,22 @@ def write_pair(key: SigningKey, private_path: Path) -> Path:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # O_EXCL: never overwrite a key someone may depend on; 0600 from the start,
-    # so there is no moment when the file is readable by others.
+    # Written whole under a temporary name (0600 from the start, so there is
+    # no moment when it is readable by others), then linked into place: a
+    # link never overwrites a key someone may depend on, and a process that
+    # races to read the key finds it complete or not at all.
+    temporary = private_path.with_name(f".{private_path.name}.{os.getpid()}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        os.link(temporary, private_path)
     except FileExistsError as exc:
         raise KeyFileError(
             f"{private_path} already exists; choose another name or remove it"
         ) from exc
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+    finally:
+        temporary.unlink(missing_ok=True)
     public_path = private_path.with_suffix(PUBLIC_SUFFIX)
     public_path.write_text(public_pem(key.public))
     return public_path

@@ -9,13 +9,19 @@ else anything.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from kos_see.home import Home
 from kos_see.policy.gate import default_policy_text
 from kos_see.security.keys import load_or_create
-from kos_see.security.principals import ANY_TENANT, PrincipalRecord, PrincipalStore
+from kos_see.security.principals import (
+    ANY_TENANT,
+    PrincipalExists,
+    PrincipalRecord,
+    PrincipalStore,
+)
 
 OPERATOR = "operator"
 ADMIN_ROLE = "admin"
@@ -27,10 +33,26 @@ def ensure_operator(home: Home, store: Any, policy_path: Path) -> PrincipalRecor
     load_or_create(home.engine_key_path)
     key = load_or_create(home.operator_key_path)
     if not policy_path.exists():
-        policy_path.parent.mkdir(parents=True, exist_ok=True)
-        policy_path.write_text(default_policy_text())
+        _write_new(policy_path, default_policy_text())
     principals = PrincipalStore(store)
     record = principals.get(OPERATOR)
-    if record is None:
-        record = principals.add(OPERATOR, ANY_TENANT, ADMIN_ROLE, key.public)
-    return record
+    if record is not None:
+        return record
+    try:
+        return principals.add(OPERATOR, ANY_TENANT, ADMIN_ROLE, key.public)
+    except PrincipalExists:
+        # Another command on the same fresh home added it first.
+        return principals.require(OPERATOR)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``path`` whole, unless it exists (then leave it as it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary.write_text(text)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
