@@ -95,6 +95,9 @@ def test_artifacts_vectors_provenance_and_replay_through_the_cli(
         server = cli.serve()
         task = cli.json("submit", "greet", "-i", '{"name": "apple"}', "--wait")
         assert task["state"] == "succeeded", task
+        stored = task["outputs"]["out/greeting.txt"]
+        got = cli.run("artifacts", "get", stored["digest"])
+        assert got.stdout == "Hello apple: Ada, Grace\napple"
 
         shown = cli.json("provenance", task["id"])
         verify_with_securesystemslib(shown["envelope"], Home(cli.home))

@@ -14,11 +14,15 @@ import json
 import logging
 import textwrap
 import threading
+from pathlib import Path, PurePosixPath
 
 import pytest
 from depfixtures import embedding_server, verify_with_securesystemslib
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from securesystemslib.exceptions import VerificationError
 
+from kos_see.dependencies.declared import RESERVED, checked_path
 from kos_see.dependencies.embed import EndpointEmbedder
 from kos_see.dependencies.prompts import PromptLibrary
 from kos_see.dependencies.vault import Vault, sha256_digest
@@ -475,3 +479,23 @@ def test_an_http_artifact_that_is_missing_or_too_large_fails_clearly(
     task = run(engine, "http@2.0.0")
     assert task.state == TaskState.FAILED
     assert "is larger than 10 bytes" in task.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["..", ".", "", "a", "b.txt", "/", "~", "\\", "out", "tmp"]),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_declared_path_is_refused_or_stays_inside_the_working_directory(parts):
+    value = "/".join(parts)
+    workdir = Path("/work/attempt")
+    try:
+        checked = checked_path(value)
+    except ValueError:
+        return
+    target = (workdir / checked).resolve()
+    assert target.is_relative_to(workdir) and target != workdir
+    assert PurePosixPath(checked).parts[0] not in RESERVED

@@ -144,6 +144,7 @@ class TaskRecord:
             "secrets": self.secret_names(),
             "signed": self.request_digest is not None,
             "request_digest": self.request_digest,
+            "outputs": None if self.outputs is None else json.loads(self.outputs),
         }
 
 

@@ -37,10 +37,10 @@ RESERVED = frozenset({"input.json", "tmp", "out"})
 def checked_path(value: str) -> str:
     """A relative path that stays inside the working directory."""
     path = PurePosixPath(value)
-    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+    if not path.parts or path.is_absolute() or ".." in path.parts or "\\" in value:
         raise ValueError(
-            f"{value!r} must be a relative path inside the working directory, "
-            "without '..'"
+            f"{value!r} must be a relative path to a file inside the working "
+            "directory, without '..'"
         )
     if path.parts[0] in RESERVED:
         raise ValueError(

