@@ -414,6 +414,7 @@ class ApiFixture:
         principals = PrincipalStore(engine.store)
         principals.add("alice", "acme", "submitter", self.keys["alice"].public)
         principals.add("ops", "*", "admin", self.keys["ops"].public)
+        engine.home.policy_path(engine.config).write_text(API_POLICY)
         self.server = ApiServer(engine)
         self.addresses = self.server.start()
         self.url = self.addresses.rest
@@ -430,6 +431,17 @@ class ApiFixture:
         for client in self._clients:
             client.close()
         self.server.stop()
+
+
+# The API fixture's policy: operators do everything; a submitter runs, reads
+# and cancels any service of its own tenant in every queue class.
+API_POLICY = """\
+p, admin, *, *, *, allow
+p, submitter, *, submit, service:*, allow
+p, submitter, *, submit, class:*, allow
+p, submitter, *, read, service:*, allow
+p, submitter, *, cancel, service:*, allow
+"""
 
 
 API_SECTIONS: dict[str, dict[str, Any]] = {

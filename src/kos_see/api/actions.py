@@ -2,8 +2,7 @@
 
 Both interfaces authenticate through the dispatcher and then call these
 methods with the Caller; the dispatcher's methods are where the policy gate
-and the audit log sit, so nothing here decides what a caller may do, except
-that a list shows only the caller's tenant (``*`` callers see all).
+and the audit log sit, so nothing here decides what a caller may do.
 """
 
 from __future__ import annotations
@@ -17,7 +16,12 @@ from kos_see.api.feed import EventFeed
 from kos_see.api.tokens import IssuedToken, TokenIssuer
 from kos_see.callbacks.store import CallbackStore, check_url, new_secret
 from kos_see.config import EngineConfig
-from kos_see.dispatcher import Dispatcher, SubmitRequest, Submitted
+from kos_see.dispatcher import (
+    Dispatcher,
+    SubmitRequest,
+    Submitted,
+    request_from_fields,
+)
 from kos_see.errors import (
     NotAvailable,
     PermissionDenied,
@@ -158,29 +162,20 @@ class ApiActions:
         limit: int,
         offset: int,
     ) -> Page:
-        tenant = self._tenant_scope(caller, tenant)
-        found = self.store.list_tasks(
+        # The dispatcher scopes the list to the caller's tenant and to the
+        # services the policy lets it read, and audits the request.
+        found = self.dispatcher.list_tasks(
             TaskFilter(
                 state=TaskState(state) if state else None,
                 service=service,
                 tenant=tenant,
                 limit=limit + 1,  # one more tells whether a next page exists
                 offset=offset,
-            )
+            ),
+            caller=caller,
         )
         more = len(found) > limit
         return Page(found[:limit], offset + limit if more else None)
-
-    def _tenant_scope(self, caller: Caller, asked: str | None) -> str | None:
-        if caller.tenant == ANY_TENANT:
-            return asked
-        if asked is not None and asked != caller.tenant:
-            raise PermissionDenied(
-                f"principal {caller.principal!r} acts for tenant {caller.tenant!r} "
-                f"and cannot list tenant {asked!r}",
-                principal=caller.principal,
-            )
-        return caller.tenant
 
     def services(self, caller: Caller) -> list[ServiceRecord]:
         return self.dispatcher.registry.list()
@@ -226,17 +221,10 @@ def submit_request(fields: dict[str, Any]) -> tuple[SubmitRequest, Any]:
     _typed(fields, "queue_class", str)
     _typed(fields, "not_before", int | float)
     _typed(fields, "idempotency_key", str)
-    request = SubmitRequest(
-        service=service,
-        input=fields.get("input", {}),
-        tenant=fields.get("tenant") or "",
-        priority=fields.get("priority"),
-        queue_class=fields.get("queue_class"),
-        not_before=None
-        if fields.get("not_before") is None
-        else float(fields["not_before"]),
-        idempotency_key=fields.get("idempotency_key"),
-    )
+    # The dispatcher checks the request against the signed fields, so it is
+    # built from them exactly as every other interface builds it.
+    signed = {k: v for k, v in fields.items() if k != "callback"}
+    request = request_from_fields(signed)
     return request, fields.get("callback")
 
 
