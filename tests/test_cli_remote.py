@@ -68,6 +68,14 @@ def served(tmp_path: Path):
     store = open_store(home.store_url(home.load_config()))
     PrincipalStore(store).add("bob", "team", "submitter", key.public)
     store.close()
+    # init wrote the default policy (operators only): let bob's role work.
+    with (home_dir / "policy.csv").open("a") as policy:
+        policy.write(
+            "p, submitter, team, submit, service:*, allow\n"
+            "p, submitter, team, submit, class:*, allow\n"
+            "p, submitter, team, read, service:*, allow\n"
+            "p, submitter, team, cancel, service:*, allow\n"
+        )
 
     server = subprocess.Popen(
         [*KOS_SEE, "serve", "--slots", "2"],
