@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from kos_see.api.auth import encode_header
 from kos_see.errors import (
@@ -20,6 +21,7 @@ from kos_see.errors import (
 )
 from kos_see.security.envelope import sign_request
 from kos_see.security.keys import generate
+from kos_see.store.schema import audit_entries
 
 ECHO = """
     def run(inputs):
@@ -213,14 +215,31 @@ def test_cancel_retry_services_schedules_dead_letters(api, make_service):
     assert client.schedules() == []
 
 
-def test_audit_verify_answers_501_while_no_audit_module_exists(api):
-    token = api.client().token()
-    response = httpx.get(
-        f"{api.url}/v1/audit/verify", headers={"Authorization": f"Bearer {token}"}
-    )
-    assert response.status_code == 501
-    assert response.json()["error"] == "not_available"
-    assert "audit" in response.json()["message"]
+def test_audit_verify_checks_the_chain_and_needs_the_admin_right(api, make_service):
+    make_service("echo", ECHO, entrypoint="main.py:run", retry_limit=0)
+    ops = api.client("ops")
+    ops.wait(ops.submit("echo", {"n": 1})["task"]["id"])
+
+    report = ops.audit_verify()
+    assert report["ok"] is True and report["broken_seq"] is None
+    assert report["entries"] >= 2  # the submit and the attempt's end at least
+
+    # A submitter may not verify the log of every tenant.
+    with pytest.raises(PermissionDenied) as denied:
+        api.client().audit_verify()
+    assert denied.value.to_dict()["permission"] == "admin audit:log"
+
+    # An entry altered in the database is named as the first broken one.
+    store = api.engine.store
+    with store._write() as conn:
+        first = conn.execute(sa.select(sa.func.min(audit_entries.c.seq))).scalar()
+        conn.execute(
+            audit_entries.update()
+            .where(audit_entries.c.seq == first)
+            .values(body='{"tampered":true}')
+        )
+    report = ops.audit_verify()
+    assert report["ok"] is False and report["broken_seq"] == first
 
 
 def test_health_and_readiness_are_open_and_metrics_closed_by_default(api):

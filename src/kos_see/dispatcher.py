@@ -22,6 +22,7 @@ from typing import Any
 import jsonschema
 
 from kos_see.audit.log import AuditLog
+from kos_see.audit.verify import VerifyReport, verify_log
 from kos_see.config import EngineConfig
 from kos_see.errors import (
     BadSignature,
@@ -80,6 +81,7 @@ SUBMIT_FIELDS = (
     "idempotency_key",
 )
 ENGINE = "engine"  # who the audit log names for the engine's own calls
+AUDIT = "audit:log"  # the policy object of verifying the audit log
 
 
 def submit_fields(request: SubmitRequest) -> dict[str, Any]:
@@ -425,6 +427,24 @@ class Dispatcher:
             raise
         self._audit_request("list", caller, where.tenant, None, grant, None)
         return [t for t in found if allowed[(t.tenant, t.service)]]
+
+    def verify_audit(self, caller: Caller | None = None) -> VerifyReport:
+        """Check the audit log's chain and signed checkpoints; a caller needs
+        ``admin audit:log`` in its tenant (the log holds every tenant's)."""
+        if self.audit is None:
+            raise ConfigError("this dispatcher has no audit log to verify")
+        if caller is not None:
+            grant = Grant()
+            try:
+                self._check_signed(caller, "read", None)
+                require(self._gate(), caller, caller.tenant, "admin", AUDIT, grant)
+            except KosSeeError as exc:
+                self._audit_request("audit_verify", caller, None, None, grant, exc)
+                raise
+            self._audit_request("audit_verify", caller, None, None, grant, None)
+        # Entries still pending are part of the log the caller asks about.
+        self.audit.flush()
+        return verify_log(self.store, self.audit.key.public)
 
     # the gate and the audit log
 

@@ -7,7 +7,6 @@ and the audit log sit, so nothing here decides what a caller may do.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,6 @@ from kos_see.dispatcher import (
     request_from_fields,
 )
 from kos_see.errors import (
-    NotAvailable,
-    PermissionDenied,
     RequestRefused,
     TaskNotFound,
 )
@@ -187,15 +184,7 @@ class ApiActions:
         return [s for s in found if s.tenant == caller.tenant]
 
     def audit_verify(self, caller: Caller) -> dict[str, Any]:
-        if importlib.util.find_spec("kos_see.audit") is None:
-            raise NotAvailable(
-                "audit verification is not available: this engine has no audit "
-                "module (kos_see.audit) yet, so there is no chain to verify"
-            )
-        raise NotAvailable(
-            "the audit module exists but is not yet wired to the API; verify with "
-            "the command line"
-        )
+        return self.dispatcher.verify_audit(caller).to_dict()
 
     def ready(self) -> None:
         """Raises StoreUnavailable (or StoreError) if the store cannot answer."""

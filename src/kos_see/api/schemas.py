@@ -150,3 +150,15 @@ class CallbackOut(BaseModel):
     attempts: int
     next_at: float
     deliveries: list[DeliveryOut]
+
+
+class AuditReportOut(BaseModel):
+    """The audit log's check: ok, or the first entry that breaks the chain."""
+
+    ok: bool
+    entries: int
+    first_seq: int | None
+    last_seq: int | None
+    checkpoints: int
+    broken_seq: int | None = None
+    problem: str | None = None
