@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from kos_see.api.auth import encode_header
+from kos_see.audit.verify import entries
 from kos_see.errors import (
     AuthenticationRequired,
     BadSignature,
@@ -91,6 +92,29 @@ def test_engine_errors_arrive_typed_with_status_and_body(api, make_service):
     assert response.status_code == 422
     assert response.json()["error"] == "invalid_input"
     assert "required" in response.json()["message"]
+
+
+def test_a_signed_submit_records_its_request_digest_as_the_cli_does(api, make_service):
+    make_service("echo", ECHO, entrypoint="main.py:run", retry_limit=0)
+    signed = sign_request(
+        api.keys["alice"], "alice", "submit", {"service": "echo", "input": {"n": 2}}
+    )
+    response = httpx.post(f"{api.url}/v1/tasks", json=signed.to_dict())
+    assert response.status_code == 201
+    task = response.json()["task"]
+    assert task["signed"] is True and task["request_digest"] == signed.digest()
+    assert api.engine.store.get_task(task["id"]).request_digest == signed.digest()
+
+    # The audit log's submit entry names the same request.
+    api.engine.audit.flush()
+    found = [
+        e.body_value()
+        for e in entries(api.engine.store, task["id"])
+        if e.kind == "request"
+    ]
+    submits = [b for b in found if b["action"] == "submit"]
+    assert submits and submits[0]["request_digest"] == signed.digest()
+    assert submits[0]["signed"] is True
 
 
 def test_signatures_replays_and_tokens_are_checked(api, make_service):
