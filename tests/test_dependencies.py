@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.exceptions import VerificationError
 
+from kos_see.audit.verify import entries
 from kos_see.dependencies.declared import RESERVED, checked_path
 from kos_see.dependencies.embed import EndpointEmbedder
 from kos_see.dependencies.prompts import PromptLibrary
@@ -242,6 +243,11 @@ def test_an_attempt_gets_its_dependencies_and_leaves_verified_provenance(
     payload = verify_with_securesystemslib(json.loads(record["envelope"]), home)
     statement = json.loads(payload)
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    # The attempt's end in the audit log carries the statement's digest.
+    assert record["statement_digest"] == sha256_digest(payload)
+    deps_engine.audit.flush()
+    [end] = [e for e in entries(deps_engine.store, task.id) if e.kind == "attempt_end"]
+    assert end.body_value()["provenance_digest"] == record["statement_digest"]
     assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
     subjects = {
         s["name"]: "sha256:" + s["digest"]["sha256"] for s in statement["subject"]

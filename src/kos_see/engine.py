@@ -211,6 +211,8 @@ class Engine:
                     "exit_code": write.exit_code,
                     "signal": write.signal,
                     "killed_by": write.extra.get("killed_by"),
+                    # Links the signed provenance statement into the chain.
+                    "provenance_digest": _statement_digest(write),
                 },
                 task_id=write.task_id,
                 principal="engine",
@@ -267,3 +269,11 @@ def _left(deadline: float | None, cap: float) -> float:
     if deadline is None:
         return cap
     return max(0.0, min(cap, deadline - time.monotonic()))
+
+
+def _statement_digest(write: AttemptFinished) -> str | None:
+    """The attempt's provenance statement digest; None when none was signed."""
+    record = write.provenance
+    if record is None or not record.statement_digest:
+        return None
+    return record.statement_digest
