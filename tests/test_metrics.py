@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kos_see.store import TaskFilter
 from kos_see.telemetry.metrics import metrics_registry, render
 
 ECHO = """
@@ -80,7 +82,52 @@ def test_metrics_count_what_the_store_holds(ran):
     assert samples[("kos_see_tasks", (("state", "succeeded"),))] == 3
     # No task id is ever a label value.
     for _name, labels in samples:
-        assert {key for key, _ in labels} <= {"service", "state", "outcome", "le"}
+        assert {key for key, _ in labels} <= {
+            "service",
+            "state",
+            "outcome",
+            "le",
+            "kind",
+        }
+
+
+FETCHER = """
+name = "fetcher"
+version = "1.0.0"
+entrypoint = "main.py"
+retry_limit = 0
+
+[[dependencies.artifacts]]
+digest = "{digest}"
+path = "data/words.txt"
+"""
+
+
+def test_dependency_fetch_times_come_from_the_attempts(api, make_service):
+    from kos_see.dependencies.vault import Vault
+
+    words = Vault(str(api.engine.home.root / "vault")).put_bytes(b"apple banana")
+    source = "print(open('data/words.txt').read())"
+    make_service("fetcher", source, manifest_text=FETCHER.format(digest=words.digest))
+    client = api.client()
+    for n in range(2):
+        task = client.wait(client.submit("fetcher", {"n": n})["task"]["id"])
+        assert task["state"] == "succeeded", task
+
+    samples = _samples(client.metrics())
+    labels = (("kind", "artifact"), ("service", "fetcher"))
+    assert samples[("kos_see_dependency_fetch_seconds_count", labels)] == 2
+    every = (("kind", "artifact"), ("le", "+Inf"), ("service", "fetcher"))
+    assert samples[("kos_see_dependency_fetch_seconds_bucket", every)] == 2
+    # The figures are the attempts' own: the sum is what they recorded.
+    recorded = sum(
+        d["fetch_seconds"]
+        for t in api.engine.store.list_tasks(TaskFilter(service="fetcher"))
+        for a in api.engine.store.attempts(t.id)
+        for d in json.loads(a.dependencies)
+    )
+    total = samples[("kos_see_dependency_fetch_seconds_sum", labels)]
+    assert total == pytest.approx(recorded)
 
 
 def test_every_process_reports_the_same_figures(ran):

@@ -10,13 +10,15 @@ Known shortcomings: each scrape aggregates the whole history in SQL, which
 costs time in proportion to the tasks kept (fine for thousands, to be
 replaced by rollups once the store prunes old tasks); queue time is measured
 from submission to the first attempt's start, so a deferred task's wait
-includes its deferral; and no dependency fetch is recorded in the store yet,
-so ``kos_see_dependency_fetch_seconds`` is exported empty until the
-dependency resolver writes its fetch times there.
+includes its deferral; and dependency fetch times live in each attempt's
+``dependencies`` JSON list, so ``kos_see_dependency_fetch_seconds`` reads
+the lists of every attempt that fetched something and buckets them here,
+not in SQL (JSON functions differ between SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,11 +76,7 @@ class StoreCollector(Collector):
                 attempts.c.peak_rss_kb.is_not(None),
             )
             yield from self._callbacks(conn)
-        yield _empty_histogram(
-            "kos_see_dependency_fetch_seconds",
-            "Time to fetch a service's dependencies (none recorded yet).",
-            FETCH_BUCKETS,
-        )
+            yield self._fetches(conn)
 
     def _tasks(self, conn: Any) -> Iterator[Metric]:
         by_state = GaugeMetricFamily(
@@ -224,18 +222,51 @@ class StoreCollector(Collector):
         family.add_metric(["failed"], (count or 0) - (delivered or 0))
         yield family
 
+    def _fetches(self, conn: Any) -> Metric:
+        """Each dependency fetch of every attempt, by service and kind."""
+        query = (
+            sa.select(tasks.c.service, attempts.c.dependencies)
+            .select_from(attempts.join(tasks, tasks.c.id == attempts.c.task_id))
+            .where(attempts.c.dependencies.is_not(None))
+        )
+        seconds: dict[tuple[str, str], list[float]] = {}
+        for service, text in conn.execute(query):
+            for fetched in _fetched(text):
+                key = (service, str(fetched.get("kind")))
+                seconds.setdefault(key, []).append(float(fetched["fetch_seconds"]))
+        family = HistogramMetricFamily(
+            "kos_see_dependency_fetch_seconds",
+            "Time to fetch each of an attempt's dependencies, by kind.",
+            labels=["service", "kind"],
+        )
+        for labels, values in sorted(seconds.items()):
+            pairs = [
+                (_le(bound), float(sum(v <= bound for v in values)))
+                for bound in FETCH_BUCKETS
+            ]
+            pairs.append(("+Inf", float(len(values))))
+            family.add_metric(list(labels), pairs, sum(values))
+        return family
+
+
+def _fetched(text: str) -> list[dict[str, Any]]:
+    """An attempt's fetched dependencies; a row that is not the expected JSON
+    list counts nothing rather than failing the scrape."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(found, list):
+        return []
+    return [
+        f
+        for f in found
+        if isinstance(f, dict) and isinstance(f.get("fetch_seconds"), int | float)
+    ]
+
 
 def _le(bound: float) -> str:
     return repr(float(bound))
-
-
-def _empty_histogram(
-    name: str, documentation: str, buckets: tuple[float, ...]
-) -> Metric:
-    family = HistogramMetricFamily(name, documentation)
-    pairs = [(_le(b), 0.0) for b in buckets] + [("+Inf", 0.0)]
-    family.add_metric([], pairs, 0.0)
-    return family
 
 
 def metrics_registry(store: Store) -> CollectorRegistry:
