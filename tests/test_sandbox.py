@@ -8,6 +8,7 @@ engine carried on.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -291,3 +292,56 @@ def test_a_sandboxed_attempt_dies_with_its_killed_engine(
         ]
     finally:
         cli.close()
+
+
+SANDBOXED_DEPENDENCY = """
+name = "sandboxed-deps"
+version = "1.0.0"
+entrypoint = "main.py"
+runner = "sandbox"
+retry_limit = 0
+timeout = 30
+
+[[dependencies.artifacts]]
+digest = "{digest}"
+path = "data/words.txt"
+"""
+READS_AND_WRITES = """
+import os, socket
+from kos_see import service
+
+words = open("data/words.txt").read()
+os.makedirs("out", exist_ok=True)
+with open("out/upper.txt", "w") as handle:
+    handle.write(words.upper())
+service.result({"words": len(words.split()), "host": socket.gethostname()})
+"""
+
+
+def test_a_sandboxed_attempt_gets_its_dependencies_and_leaves_its_outputs(
+    home, engine, make_service
+):
+    """The sandbox runner runs the local runner's prepare and collect hooks:
+    the artifact is in the sandboxed working directory, out/ reaches the vault
+    and the provenance record."""
+    from kos_see.dependencies.vault import Vault
+
+    vault = Vault(str(home.root / "vault"))
+    words = vault.put_bytes(b"apple banana cherry")
+    make_service(
+        "sandboxed-deps",
+        READS_AND_WRITES,
+        manifest_text=SANDBOXED_DEPENDENCY.format(digest=words.digest),
+    )
+    [task] = run(engine, [{}], service="sandboxed-deps")
+    assert task.state.value == "succeeded", task.error
+    # The sandbox's own hostname: the service ran inside bubblewrap.
+    assert json.loads(task.result) == {"words": 3, "host": "sandbox"}
+
+    attempt = engine.store.attempts(task.id)[-1]
+    [fetched] = json.loads(attempt.dependencies)
+    assert fetched["digest"] == words.digest and fetched["kind"] == "artifact"
+    outputs = json.loads(task.outputs)
+    assert vault.get_bytes(outputs["out/upper.txt"]["digest"]) == b"APPLE BANANA CHERRY"
+    [record] = engine.store.provenance_records(task.id)
+    assert record["statement_digest"].startswith("sha256:")
