@@ -434,13 +434,15 @@ class ApiFixture:
 
 
 # The API fixture's policy: operators do everything; a submitter runs, reads
-# and cancels any service of its own tenant in every queue class.
+# and cancels any service of its own tenant in every queue class, with
+# webhooks to loopback.
 API_POLICY = """\
 p, admin, *, *, *, allow
 p, submitter, *, submit, service:*, allow
 p, submitter, *, submit, class:*, allow
 p, submitter, *, read, service:*, allow
 p, submitter, *, cancel, service:*, allow
+p, submitter, *, submit, callback:127.0.0.1, allow
 """
 
 

@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from kos_see.audit.verify import entries
 from kos_see.callbacks import CallbackStore, verify_payload
 from kos_see.callbacks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from kos_see.errors import CallbackRefused
+from kos_see.errors import CallbackRefused, PermissionDenied
 from kos_see.security.envelope import sign_request
 
 ECHO = """
@@ -144,6 +145,42 @@ def test_callback_hosts_are_checked_before_the_task_is_made(api, make_service):
     assert answer.status_code == 400
     assert answer.json()["error"] == "callback_refused"
     assert client.list()["items"] == []
+
+
+def test_the_policy_gate_decides_who_may_call_an_allowed_host(
+    api, make_service, make_principal
+):
+    """A host in callbacks.allowed_hosts still needs ``submit callback:HOST``
+    for the caller; the refusal is audited and makes no task."""
+    from kos_see.client import Client
+
+    make_service("echo", ECHO, entrypoint="main.py:run")
+    key = make_principal("carol", tenant="acme", role="reader")
+    policy = api.engine.home.policy_path(api.engine.config)
+    policy.write_text(
+        policy.read_text()
+        + "p, reader, acme, submit, service:*, allow\n"
+        + "p, reader, acme, submit, class:*, allow\n"
+        + "p, reader, acme, read, service:*, allow\n"
+    )
+    carol = Client(api.url, "carol", key)
+    try:
+        with pytest.raises(PermissionDenied) as denied:
+            carol.submit("echo", {}, callback_url="http://127.0.0.1:9/hook")
+        assert denied.value.to_dict()["permission"] == "submit callback:127.0.0.1"
+        assert carol.list()["items"] == []
+        # Without a webhook the same principal may submit.
+        assert carol.submit("echo", {})["created"] is True
+    finally:
+        carol.close()
+    api.engine.audit.flush()
+    refused = [
+        e.body_value()
+        for e in entries(api.engine.store)
+        if e.kind == "request" and e.principal == "carol"
+    ]
+    assert refused[0]["outcome"] == "refused"
+    assert refused[0]["error"] == "permission_denied"
 
 
 def test_signature_checks_refuse_changed_bodies_and_old_timestamps():

@@ -209,11 +209,16 @@ class Dispatcher:
         request: SubmitRequest,
         now: float | None = None,
         caller: Caller | None = None,
+        callback_host: str | None = None,
     ) -> Submitted:
+        """Enqueue ``request``. ``callback_host``: the host of the webhook the
+        task will call when it ends; a caller needs ``submit callback:HOST``
+        in the task's tenant as well as the host being in
+        ``callbacks.allowed_hosts``."""
         now = time.time() if now is None else now
         grant = Grant()
         try:
-            submitted = self._submit(request, now, caller, grant)
+            submitted = self._submit(request, now, caller, grant, callback_host)
         except KosSeeError as exc:
             self._audit_request(
                 "submit",
@@ -243,6 +248,7 @@ class Dispatcher:
         now: float,
         caller: Caller | None,
         grant: Grant,
+        callback_host: str | None = None,
     ) -> Submitted:
         if caller is not None:
             self._check_signed(caller, "submit", request)
@@ -273,6 +279,15 @@ class Dispatcher:
                 timeout,
                 grant,
             )
+            if callback_host is not None:
+                require(
+                    self._gate(),
+                    caller,
+                    request.tenant,
+                    "submit",
+                    f"callback:{callback_host}",
+                    grant,
+                )
         else:
             grant.secrets = list(manifest.secrets)  # the engine's own call
         not_before = max(now, request.not_before or now)

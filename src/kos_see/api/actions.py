@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from kos_see.api.feed import EventFeed
 from kos_see.api.tokens import IssuedToken, TokenIssuer
@@ -97,7 +98,10 @@ class ApiActions:
         url, secret, made = None, None, False
         if callback is not None:
             url, secret, made = self._callback(callback)
-        submitted = self.dispatcher.submit(request, caller=caller)
+        host = urlsplit(url).hostname if url is not None else None
+        submitted = self.dispatcher.submit(
+            request, caller=caller, callback_host=host.lower() if host else None
+        )
         self.feed.poke()
         if url is not None and secret is not None:
             sub = self.callbacks.subscribe(submitted.task.id, url, secret)
