@@ -164,7 +164,9 @@ class ApiActions:
         offset: int,
     ) -> Page:
         # The dispatcher scopes the list to the caller's tenant and to the
-        # services the policy lets it read, and audits the request.
+        # services the policy lets it read, and audits the request. Known
+        # shortcoming: the page is cut before the per-service read filter, so
+        # a caller who may not read some services can get a short page.
         found = self.dispatcher.list_tasks(
             TaskFilter(
                 state=TaskState(state) if state else None,
