@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
-from kos_see.errors import HomeError, TaskNotFound
+from kos_see.errors import HomeError, StoreUnavailable, TaskNotFound
 from kos_see.events import wakeup
+from kos_see.events.pg_wakeup import PgWakeListener
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
 from kos_see.registry import Registry
@@ -44,7 +45,7 @@ class Engine:
         self.registry = Registry(store)
         self.dispatcher = Dispatcher(store, self.registry, config, self._notify)
         self.pool: WorkerPool | None = None
-        self._listener: wakeup.WakeListener | None = None
+        self._listener: wakeup.WakeListener | PgWakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
         self._finished = threading.Condition()
         self._generation = 0
@@ -60,28 +61,43 @@ class Engine:
         return cls(home, config, store)
 
     def close(self) -> None:
-        if self.pool is not None:
+        if self.pool is not None or self._listener is not None:
             self.stop()
         self.store.close()
 
     # serving
 
-    def serve(self, runner: Runner | None = None) -> None:
-        """Start the worker pool in this process (returns at once)."""
-        try:
-            listener = wakeup.WakeListener(self.home.root, self._on_wake)
-        except OSError as exc:
-            raise HomeError(
-                f"another engine already serves {self.home.root}; stop it first "
-                "(only one engine serves an embedded home)"
-            ) from exc
+    @property
+    def shared_store(self) -> bool:
+        """True when engines on other hosts may serve the same store
+        (PostgreSQL): then any number serve at once, waking each other through
+        the database, and none may treat another's leases as left behind."""
+        return self.store_kind == "postgresql"
+
+    @property
+    def store_kind(self) -> str:
+        engine = getattr(self.store, "engine", None)
+        return "sqlite" if engine is None else engine.dialect.name
+
+    def serve(
+        self, runner: Runner | None = None, worker: bool = True, scheduler: bool = True
+    ) -> None:
+        """Start the worker pool (``worker``) and the cron scheduler
+        (``scheduler``) in this process; returns at once."""
+        listener = self._wake_listener()
+        if not worker:
+            self._listener = listener
+            listener.start()
+            if scheduler:
+                self._start_scheduler()
+            return
         self.pool = WorkerPool(
             self.store,
             self.registry,
             self.config,
             runner or LocalPythonRunner(make_launcher(self.config.execution.launcher)),
             self.home.workdir_root(self.config),
-            exclusive=True,
+            exclusive=not self.shared_store,
         )
         self.pool.add_flush_listener(self._on_flush)
         try:
@@ -92,7 +108,19 @@ class Engine:
             raise
         self._listener = listener
         listener.start()
-        self._start_scheduler()
+        if scheduler:
+            self._start_scheduler()
+
+    def _wake_listener(self) -> wakeup.WakeListener | PgWakeListener:
+        if self.shared_store:
+            return PgWakeListener(self.config.store.url, self._on_wake)
+        try:
+            return wakeup.WakeListener(self.home.root, self._on_wake)
+        except OSError as exc:
+            raise HomeError(
+                f"another engine already serves {self.home.root}; stop it first "
+                "(only one engine serves an embedded home)"
+            ) from exc
 
     def stop(self, grace: float | None = None) -> None:
         self._stop_scheduler()
@@ -121,11 +149,26 @@ class Engine:
             self.pool.wake(message)
 
     def _notify(self, reason: str) -> None:
+        if self.shared_store:
+            # Every serving engine on every host hears it, this one included.
+            self.last_notify_delivered = self._notify_shared(reason)
+            return
         if self.pool is not None:
             self.pool.wake(reason)
             self.last_notify_delivered = True
         else:
             self.last_notify_delivered = wakeup.send(self.home.root, reason)
+
+    def _notify_shared(self, reason: str) -> bool:
+        if self.pool is not None:
+            self.pool.wake(reason)
+        try:
+            self.store.notify(reason)  # type: ignore[attr-defined]
+        except StoreUnavailable:
+            # The task is stored; workers find it at their next look.
+            log.warning("wake-up not sent", extra={"action": "wake_not_sent"})
+            return False
+        return True
 
     def _on_flush(self, batch: list[AttemptWrite]) -> None:
         ended = {
