@@ -399,12 +399,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "both_stores"
-    ):
-        metafunc.parametrize(
-            "store_backend", ["sqlite", "postgresql"], indirect=True
-        )
+    marked = metafunc.definition.get_closest_marker("both_stores")
+    if marked and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -481,9 +478,7 @@ def redis_url() -> str:
 
 
 @pytest.fixture(autouse=True)
-def _store_url_in_environment(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _store_url_in_environment(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """CLI processes a PostgreSQL test starts use the same database."""
     if store_url:
         monkeypatch.setenv("KOS_SEE_STORE__URL", store_url)

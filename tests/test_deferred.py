@@ -277,10 +277,10 @@ def copy_rows(sql_engine: Any, names: list[str], rows: list[tuple]) -> None:
     """PostgreSQL's COPY: the bulk path of its driver, a second for 100k rows."""
     raw = sql_engine.raw_connection()
     try:
-        with raw.cursor() as cursor:
-            with cursor.copy(f"COPY tasks ({', '.join(names)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+        statement = f"COPY tasks ({', '.join(names)}) FROM STDIN"
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
         raw.commit()
     finally:
         raw.close()

@@ -40,6 +40,10 @@ serve.register(app)
 tasks.register(app)
 dead_letters.register(app)
 
+from kos_see.cli import db as db_cmd  # noqa: E402
+
+app.add_typer(db_cmd.app, name="db")
+
 HomeOption = Annotated[
     Path | None,
     typer.Option(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import enum
+import importlib
 import signal
 import threading
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -12,7 +15,46 @@ from kos_see.cli.context import CliContext
 from kos_see.cli.output import errors
 from kos_see.config import validate_config
 from kos_see.engine import Engine
+from kos_see.errors import UsageError
 from kos_see.logs import configure
+
+
+class Role(enum.StrEnum):
+    api = "api"
+    worker = "worker"
+    scheduler = "scheduler"
+    all = "all"
+
+
+def _check_role(engine: Engine, role: Role) -> Callable[..., None] | None:
+    """Refuse a role this engine cannot run; for ``api``, the API's entry."""
+    if role != Role.all and not engine.shared_store:
+        raise UsageError(
+            f"--role {role.value} needs a store that processes share "
+            '(store.url = "postgresql://..."); the embedded SQLite store is '
+            "served by one process: use --role all"
+        )
+    if role != Role.api:
+        return None
+    try:
+        api = importlib.import_module("kos_see.api")
+    except ImportError as exc:
+        raise UsageError(
+            "--role api: this installation has no network API (kos_see.api is "
+            f"not importable: {exc}); run --role worker or --role scheduler"
+        ) from exc
+    entry = getattr(api, "serve_api", None)
+    if entry is None:
+        raise UsageError(
+            "--role api: kos_see.api has no serve_api(engine, stop) entry point"
+        )
+    return entry
+
+
+def _serving_line(root: object, role: Role, slots: int) -> str:
+    if role == Role.scheduler:
+        return f"serving cron schedules of {root} (Ctrl-C stops)"
+    return f"serving {root} with {slots} slots (Ctrl-C stops gracefully)"
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +67,15 @@ def serve(
         int | None,
         typer.Option("--slots", min=1, help="Override execution.max_concurrent_tasks."),
     ] = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role",
+            help="What this process runs: worker (a pool), scheduler (cron "
+            "schedules), api (the network API), or all (worker and scheduler). "
+            "Split roles need a shared store (PostgreSQL).",
+        ),
+    ] = Role.all,
 ) -> None:
     """Run the engine on this home until SIGINT or SIGTERM.
 
@@ -41,6 +92,11 @@ def serve(
         config = validate_config(data)
     configure(config.logging.level, config.logging.format)
     engine = Engine.open(home, config)
+    try:
+        api = _check_role(engine, role)
+    except BaseException:
+        engine.close()
+        raise
     stop = threading.Event()
     received: list[int] = []
 
@@ -59,13 +115,19 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        engine.serve()
-        errors.print(
-            f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
-            "(Ctrl-C stops gracefully)",
-            highlight=False,
-            markup=False,
-        )
+        if api is not None:
+            errors.print(f"serving the API on {home.root}", highlight=False)
+            api(engine, stop)
+        else:
+            engine.serve(
+                worker=role in (Role.all, Role.worker),
+                scheduler=role in (Role.all, Role.scheduler),
+            )
+            errors.print(
+                _serving_line(home.root, role, config.execution.max_concurrent_tasks),
+                highlight=False,
+                markup=False,
+            )
         while not stop.wait(1.0):
             pass
         name = signal.Signals(received[0]).name if received else "stop"

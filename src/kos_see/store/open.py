@@ -110,12 +110,12 @@ def _open_postgres(url: str) -> Store:
     except sa.exc.OperationalError as exc:
         engine.dispose()
         raise StoreError(
-            f"cannot reach the store at {_safe(url)}: {getattr(exc, 'orig', exc)}"
+            f"cannot reach the store at {safe_url(url)}: {getattr(exc, 'orig', exc)}"
         ) from exc
     if found != SCHEMA_REVISION:
         engine.dispose()
         raise StoreError(
-            f"the store at {_safe(url)} has schema revision {found or 'none'}, "
+            f"the store at {safe_url(url)} has schema revision {found or 'none'}, "
             f"this engine needs {SCHEMA_REVISION}; run 'kos-see db upgrade'"
         )
     return PostgresStore(engine)
@@ -136,14 +136,16 @@ def upgrade_url(url: str) -> tuple[str | None, str]:
             with engine.begin() as conn:
                 # Concurrent upgrades wait for each other; the second finds
                 # the schema current and does nothing.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK_KEY + 1)))
+                conn.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK_KEY + 1))
+                )
                 _upgrade_on(conn)
         else:
             upgrade(engine)
         return before, SCHEMA_REVISION
     except sa.exc.OperationalError as exc:
         raise StoreError(
-            f"cannot upgrade the store at {_safe(url)}: {getattr(exc, 'orig', exc)}"
+            f"cannot upgrade the store at {safe_url(url)}: {getattr(exc, 'orig', exc)}"
         ) from exc
     finally:
         engine.dispose()
@@ -170,7 +172,7 @@ def _upgrade_on(conn: sa.Connection) -> None:
     )
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)

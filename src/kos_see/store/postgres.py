@@ -26,8 +26,8 @@ planned under that lane's lock.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -92,9 +92,7 @@ class PostgresStore(SqlStore):
     def notify(self, message: str) -> None:
         """Wake every process listening on this database (delivered on commit)."""
         with self._sqlalchemy_write() as conn:
-            conn.execute(
-                sa.select(sa.func.pg_notify(WAKE_CHANNEL, message))
-            )
+            conn.execute(sa.select(sa.func.pg_notify(WAKE_CHANNEL, message)))
 
 
 def postgres_engine(url: str) -> Engine:

@@ -423,9 +423,7 @@ class SqlStore(Store):
         if not room:
             rows = list(conn.execute(heads, params))
         else:
-            rows = list(
-                conn.execute(heads_except, {**params, "services": list(room)})
-            )
+            rows = list(conn.execute(heads_except, {**params, "services": list(room)}))
             for service, free in room.items():
                 if free > 0:
                     rows += conn.execute(
