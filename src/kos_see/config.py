@@ -213,6 +213,9 @@ class EventsConfig(_Section):
     # Entries kept per task's stream and in the stream of all events.
     task_stream_cap: int = Field(10000, ge=1)
     all_stream_cap: int = Field(100000, ge=1)
+    # Names every Redis key of this engine's (``events/keys.py``), so that
+    # engines on different stores can share one Redis.
+    prefix: str = Field("kos-see", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     @field_validator("url")
     @classmethod

@@ -29,6 +29,7 @@ from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
 
 if TYPE_CHECKING:
+    from kos_see.events.streams import EventRelay
     from kos_see.queue.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Engine:
         self.pool: WorkerPool | None = None
         self._listener: wakeup.WakeListener | PgWakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
+        self.relay: EventRelay | None = None  # events to Redis, while serving
         self._finished = threading.Condition()
         self._generation = 0
         self._recently_ended: deque[tuple[int, set[str]]] = deque(maxlen=256)
@@ -85,6 +87,7 @@ class Engine:
         """Start the worker pool (``worker``) and the cron scheduler
         (``scheduler``) in this process; returns at once."""
         listener = self._wake_listener()
+        self._start_relay()
         if not worker:
             self._listener = listener
             listener.start()
@@ -100,6 +103,8 @@ class Engine:
             exclusive=not self.shared_store,
         )
         self.pool.add_flush_listener(self._on_flush)
+        if self.relay is not None:
+            self.pool.add_flush_listener(self.relay.wake)
         try:
             self.pool.start()
         except BaseException:
@@ -122,6 +127,15 @@ class Engine:
                 "(only one engine serves an embedded home)"
             ) from exc
 
+    def _start_relay(self) -> None:
+        """Copy stored events to Redis Streams while serving, if configured."""
+        if not self.config.events.url:
+            return
+        from kos_see.events.streams import EventRelay
+
+        self.relay = EventRelay(self.store, self.config.events)
+        self.relay.start()
+
     def stop(self, grace: float | None = None) -> None:
         self._stop_scheduler()
         if self._listener is not None:
@@ -130,6 +144,9 @@ class Engine:
         if self.pool is not None:
             self.pool.shutdown(grace)
             self.pool = None
+        if self.relay is not None:
+            self.relay.close()  # after the pool's last flush: it copies that too
+            self.relay = None
 
     # cron schedules: a thread that makes their tasks through the dispatcher
 

@@ -672,17 +672,21 @@ class SqlStore(Store):
             .limit(limit)
         )
         with self._read() as conn:
-            return [
-                Event(
-                    id=r.id,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    at=r.at,
-                    kind=r.kind,
-                    data=json.loads(r.data),
-                )
-                for r in conn.execute(query)
-            ]
+            return [_event(r) for r in conn.execute(query)]
+
+    def events_since(self, after: int, limit: int = 1000) -> list[Event]:
+        query = (
+            sa.select(events)
+            .where(events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_event(r) for r in conn.execute(query)]
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.max(events.c.id))).scalar() or 0
 
     # queue statistics
 
@@ -810,6 +814,17 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
     values["state"] = TaskState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return TaskRecord(**values)
+
+
+def _event(r: Row[Any]) -> Event:
+    return Event(
+        id=r.id,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        at=r.at,
+        kind=r.kind,
+        data=json.loads(r.data),
+    )
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
