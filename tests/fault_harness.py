@@ -122,7 +122,7 @@ class RunPlan:
 
     def sleeps(self) -> list[float]:
         rng = random.Random(self.seed * 7919 + 1)
-        return [rng.uniform(0.05, 0.6) for _ in range(self.tasks)]
+        return [rng.uniform(0.2, 1.5) for _ in range(self.tasks)]
 
 
 @dataclass
@@ -227,6 +227,7 @@ class Cluster:
             "KOS_SEE_HOME": str(self.home.root),
             "KOS_SEE_STORE__URL": store_url,
             "KOS_SEE_EVENTS__URL": events_url,
+            "KOS_SEE_EVENTS__PREFIX": f"kos-see-faults-{plan.seed}-{os.getpid()}",
             "KOS_SEE_EXECUTION__MAX_CONCURRENT_TASKS": str(plan.slots),
             "KOS_SEE_EXECUTION__LEASE_SECONDS": str(plan.lease_seconds),
             "KOS_SEE_EXECUTION__HEARTBEAT_SECONDS": str(plan.lease_seconds / 4),
@@ -431,6 +432,8 @@ def run(plan: RunPlan, events: bool = True) -> History:
         ensure_servers_up()
         with contextlib.suppress(psycopg.Error):
             drop_database(name)
+        if events:
+            drop_streams(f"kos-see-faults-{plan.seed}-{os.getpid()}")
     if not history.violations:
         import shutil
 
@@ -446,6 +449,19 @@ def _upgrade(cluster: Cluster) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"db upgrade failed: {done.stderr}")
+
+
+def drop_streams(prefix: str) -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL)
+        names = list(client.scan_iter(f"{prefix}:*"))
+        if names:
+            client.delete(*names)
+        client.close()
+    except redis.RedisError:
+        pass
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
@@ -492,6 +508,8 @@ def check_task(
     if task is None:
         bad.append(f"task {task_id} accepted but not stored")
         return
+    if engine.config.events.url:
+        check_stream(engine, task_id, history)
     path = [
         (e.data.get("from"), e.data["state"])
         for e in engine.store.events(task_id, limit=100_000)
@@ -520,6 +538,28 @@ def check_task(
         bad.append(f"task {task_id}: stored result is not attempt {won[0].number}'s")
     if (task_id, won[0].number) not in finishes:
         bad.append(f"task {task_id}: committed attempt {won[0].number} not in ledger")
+
+
+def check_stream(engine: Engine, task_id: str, history: History) -> None:
+    """Once the run is over, the task's stream holds its stored events, in
+    order, each once (Redis restarted empty mid-run: the relay copied again)."""
+    import redis
+
+    from kos_see.events import keys
+    from kos_see.events.streams import event_of
+
+    stored = [e.id for e in engine.store.events(task_id, limit=100_000)]
+    client = redis.Redis.from_url(engine.config.events.url, decode_responses=True)
+    try:
+        name = keys.task_events(engine.config.events.prefix, task_id)
+        streamed = [event_of(f).id for _, f in client.xrange(name)]
+    finally:
+        client.close()
+    if streamed != stored:
+        history.violations.append(
+            f"task {task_id}: stream {streamed[:5]}... != stored {stored[:5]}..."
+        )
+    history.counts["streamed_events"] += len(streamed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from fault_harness import redis_up, start_redis, stop_redis
+
 from kos_see.dispatcher import SubmitRequest
 from kos_see.engine import Engine
 from kos_see.events import keys
