@@ -204,7 +204,8 @@ class Engine:
     def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         """Block until the task is in a terminal state (or ``timeout`` passes)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.pool is not None:
+        if self.pool is not None and not self.shared_store:
+            # Only this process runs the home's tasks: its flushes say when.
             return self._wait_serving(task_id, deadline)
         pause = POLL_START
         while True:
