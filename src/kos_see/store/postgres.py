@@ -43,6 +43,9 @@ LEASE_LOCK_KEY = int.from_bytes(b"kslease\0", "big") >> 1
 
 WAKE_CHANNEL = "kos_see_wake"
 
+# How long a session may sit inside an open transaction doing nothing.
+IDLE_MS = 3000
+
 
 def _skip_locked(statement: sa.Select) -> sa.Select:
     return statement.with_for_update(skip_locked=True, of=tasks)
@@ -107,5 +110,12 @@ def postgres_engine(url: str) -> Engine:
         pool_pre_ping=True,
         pool_size=8,
         max_overflow=8,
-        connect_args={"connect_timeout": 5},
+        connect_args={
+            "connect_timeout": 5,
+            # A worker paused (SIGSTOP, a VM freeze) inside a transaction would
+            # keep its row and advisory locks, and every other worker's lease
+            # and rescue would wait on them. The server ends such a session
+            # instead; the paused worker finds its connection gone on waking.
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_MS}",
+        },
     )
