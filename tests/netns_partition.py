@@ -85,6 +85,8 @@ class Forwarder:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.servers: list[asyncio.Server] = []
+        self.writers: list[asyncio.StreamWriter] = []
 
     def start(self) -> None:
         self.thread.start()
@@ -95,26 +97,43 @@ class Forwarder:
         asyncio.set_event_loop(self.loop)
         for address in self.addresses:
             for listen, target in ((FORWARD_PG, PG_PORT), (FORWARD_REDIS, REDIS_PORT)):
-                self.loop.run_until_complete(
-                    asyncio.start_server(self._pipe(target), address, listen)
+                self.servers.append(
+                    self.loop.run_until_complete(
+                        asyncio.start_server(self._pipe(target), address, listen)
+                    )
                 )
         self.ready.set()
         self.loop.run_forever()
 
     def _pipe(self, port: int):  # type: ignore[no-untyped-def]
         async def handle(reader, writer):  # type: ignore[no-untyped-def]
+            self.writers.append(writer)
             try:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
                 writer.close()
                 return
+            self.writers.append(up_writer)
             await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
 
         return handle
 
     def stop(self) -> None:
+        done = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+        done.result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        for server in self.servers:
+            server.close()
+        for writer in self.writers:
+            writer.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _copy(reader, writer) -> None:  # type: ignore[no-untyped-def]
