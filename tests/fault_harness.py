@@ -179,6 +179,10 @@ def start_redis() -> None:
         capture_output=True,
         timeout=30,
     )
+    # The daemon forks before it listens: wait until it answers.
+    deadline = time.monotonic() + 15
+    while not redis_up() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def redis_up() -> bool:

@@ -218,7 +218,7 @@ def run(seed: int, cut_seconds: float, tasks: int = 30) -> fh.History:
         stops=0,
         restart_postgres=False,
         restart_redis=False,
-        submit_seconds=6.0,
+        submit_seconds=tasks / 5,
     )
     history = fh.History()
     name, store_url = fh.create_database()

@@ -18,7 +18,9 @@ import pytest
 def test_faults_lose_nothing_and_commit_nothing_twice(
     postgres_database: str, redis_url: str
 ) -> None:
-    plan = fault_harness.RunPlan(seed=20261204, tasks=60, kills=6, stops=1)
+    plan = fault_harness.RunPlan(
+        seed=20261204, tasks=45, kills=5, stops=1, submit_seconds=9.0
+    )
     history = fault_harness.run(plan)
     assert not history.violations, f"seed {plan.seed}: " + "; ".join(history.violations)
     done = sum(history.counts[s] for s in ("succeeded", "failed", "dead"))
