@@ -32,9 +32,10 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from kos_see.models import NewTask, TaskRecord
 from kos_see.store import statements as q
 from kos_see.store.schema import tasks
-from kos_see.store.sql import SqlStore, _unavailable
+from kos_see.store.sql import SqlStore, _task, _unavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,23 @@ class PostgresStore(SqlStore):
             if exc.connection_invalidated:
                 raise _unavailable(exc) from exc
             raise
+
+    def create_task(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        """As the embedded store's; two submits of one idempotency key at the
+        same moment (two schedulers, a client's retry) both get the one task:
+        the loser of the unique index's race reads the winner's row."""
+        try:
+            return super().create_task(task)
+        except sa.exc.IntegrityError:
+            if task.idempotency_key is None:
+                raise
+            with self._read() as conn:
+                row = conn.execute(
+                    q.task_by_key, {"tenant": task.tenant, "key": task.idempotency_key}
+                ).first()
+            if row is None:
+                raise
+            return _task(row), False
 
     def notify(self, message: str) -> None:
         """Wake every process listening on this database (delivered on commit)."""
