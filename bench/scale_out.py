@@ -13,7 +13,7 @@ A submitting client in this process measures:
 
 Slots: ``--slots`` per worker process (the total grows with the processes).
 
-    .venv/bin/python bench/scale_out.py [--tasks 400] [--paced 150] [--rate 25]
+    .venv/bin/python bench/scale_out.py [--tasks 400] [--paced 150] [--rate 10]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=400)
     parser.add_argument("--paced", type=int, default=150)
-    parser.add_argument("--rate", type=float, default=25.0)
+    parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--workers", default="1,2,4")
     args = parser.parse_args()

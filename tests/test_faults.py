@@ -19,7 +19,7 @@ def test_faults_lose_nothing_and_commit_nothing_twice(
     postgres_database: str, redis_url: str
 ) -> None:
     plan = fault_harness.RunPlan(
-        seed=20261204, tasks=45, kills=5, stops=1, submit_seconds=9.0
+        seed=20261204, tasks=36, kills=5, stops=1, submit_seconds=7.0
     )
     history = fault_harness.run(plan)
     assert not history.violations, f"seed {plan.seed}: " + "; ".join(history.violations)
