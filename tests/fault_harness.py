@@ -392,12 +392,53 @@ def play_faults(cluster: Cluster, plan: RunPlan, history: History, t0: float) ->
         history.faults_done.append(f"{fault.at:.2f}s {fault.kind} {fault.worker}")
 
 
+def add_schedule(cluster: Cluster) -> None:
+    """A schedule firing every minute, which both schedulers serve: each fire
+    time must make one task however the two race."""
+    document = {"ledger": str(cluster.ledger), "sleep": 0.1, "key": "tick"}
+    done = subprocess.run(
+        [*KOS_SEE, "schedules", "add", "tick", "--cron", "* * * * *"]
+        + ["--tz", "UTC", "--service", "effect", "--input", json.dumps(document)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"schedules add failed: {done.stderr}")
+
+
+def pause_schedule(cluster: Cluster) -> None:
+    """No new fire times while draining (retried: the store may restart)."""
+    for _ in range(30):
+        done = subprocess.run(
+            [*KOS_SEE, "schedules", "pause", "tick"],
+            env=cluster.env,
+            capture_output=True,
+        )
+        if done.returncode == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError("schedules pause failed")
+
+
+def scheduled_tasks(engine: Engine) -> list[str]:
+    import sqlalchemy as sa
+
+    from kos_see.store.schema import tasks
+
+    with engine.store._read() as conn:  # type: ignore[attr-defined]
+        query = sa.select(tasks.c.id).where(tasks.c.schedule.is_not(None))
+        return [row[0] for row in conn.execute(query)]
+
+
 def drain(cluster: Cluster, plan: RunPlan, history: History) -> None:
     ids = {i for ids in history.submits.values() for i in ids}
     deadline = time.monotonic() + plan.drain_seconds
     engine = Engine.open(cluster.home, cluster.config())
     try:
         while time.monotonic() < deadline:
+            with contextlib.suppress(KosSeeError):
+                ids |= set(scheduled_tasks(engine))
             try:
                 left = [i for i in ids if not engine.store.get_task(i).terminal]
             except KosSeeError:
@@ -418,6 +459,7 @@ def run(plan: RunPlan, events: bool = True) -> History:
         cluster = Cluster(root, plan, store_url, REDIS_URL if events else "")
         _upgrade(cluster)
         register_service(cluster)
+        add_schedule(cluster)
         cluster.start()
         t0 = time.monotonic()
         faults = threading.Thread(
@@ -426,6 +468,7 @@ def run(plan: RunPlan, events: bool = True) -> History:
         faults.start()
         submit_all(cluster, plan, history)
         faults.join(timeout=plan.submit_seconds + 120)
+        pause_schedule(cluster)
         drain(cluster, plan, history)
         cluster.stop()
         history.ledger = read_ledger(cluster.ledger)
@@ -495,11 +538,20 @@ def check(cluster: Cluster, history: History) -> None:
     engine = Engine.open(cluster.home, cluster.config())
     try:
         states = engine.store.state_counts()
-        if sum(states.values()) != len(history.submits):
-            bad.append(f"{sum(states.values())} tasks for {len(history.submits)} keys")
-        for ids in history.submits.values():
-            for task_id in ids:
-                check_task(engine, task_id, finishes, history)
+        scheduled = scheduled_tasks(engine)
+        history.counts["scheduled"] = len(scheduled)
+        if sum(states.values()) != len(history.submits) + len(scheduled):
+            bad.append(
+                f"{sum(states.values())} tasks for {len(history.submits)} keys "
+                f"and {len(scheduled)} scheduled"
+            )
+        fires = Counter(engine.store.get_task(t).idempotency_key for t in scheduled)
+        bad.extend(f"fire {key} made {n} tasks" for key, n in fires.items() if n > 1)
+        for task_id in [
+            *scheduled,
+            *(i for ids in history.submits.values() for i in ids),
+        ]:
+            check_task(engine, task_id, finishes, history)
     finally:
         engine.close()
 
