@@ -48,7 +48,8 @@ class PgWakeListener:
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
 
     def _loop(self) -> None:
         pause = BACKOFF_START
