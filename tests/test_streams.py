@@ -33,7 +33,9 @@ service.result({"ok": True})
 
 @pytest.fixture
 def events(redis_url: str) -> Iterator[dict[str, str]]:
-    """An ``[events]`` section with a key prefix of this test's own."""
+    """An ``[events]`` section with a key prefix of this test's own; its keys
+    are deleted at the end. Name it first in a test's arguments, so that it
+    is torn down after the engines (whose relay copies once more on close)."""
     prefix = f"kos-see-test-{uuid.uuid4().hex[:10]}"
     yield {"url": redis_url, "prefix": prefix}
     try:
@@ -76,7 +78,7 @@ def wait_for(predicate, within: float = 30.0) -> bool:
 
 
 def test_every_stored_event_reaches_both_streams_once_in_order(
-    make_engine, make_service, events
+    events, make_engine, make_service
 ) -> None:
     make_service("steps", SOURCE)
     engine = make_engine(events=events)
@@ -96,7 +98,7 @@ def test_every_stored_event_reaches_both_streams_once_in_order(
     assert seen == {task_id: stored[-1]}
 
 
-def test_two_relays_copy_each_event_once(make_engine, make_service, events) -> None:
+def test_two_relays_copy_each_event_once(events, make_engine, make_service) -> None:
     make_service("steps", SOURCE)
     engine = make_engine(events=events)
     other = EventRelay(engine.store, engine.config.events)
@@ -118,7 +120,7 @@ IDLE_SETTLE = 1.0  # two of the relay's idle looks: a second copy would show
 
 
 def test_with_redis_down_tasks_run_events_are_stored_and_readers_fall_back(
-    make_engine, make_service, events
+    events, make_engine, make_service
 ) -> None:
     make_service("steps", SOURCE)
     engine = make_engine(events=events)
@@ -160,7 +162,7 @@ def test_with_redis_down_tasks_run_events_are_stored_and_readers_fall_back(
 
 
 def test_callback_consumers_share_every_event_once(
-    make_engine, make_service, events
+    events, make_engine, make_service
 ) -> None:
     make_service("steps", SOURCE)
     engine = make_engine(events=events)
