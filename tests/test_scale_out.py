@@ -261,3 +261,38 @@ def test_a_worker_paused_past_its_lease_cannot_commit_and_its_task_runs_once_mor
         assert ends == ["succeeded"]
     finally:
         engine.close()
+
+
+def test_watch_json_from_another_process_follows_the_task_through_redis(
+    hosts: Hosts, tmp_path: Path, redis_url: str
+) -> None:
+    prefix = f"kos-see-test-{uuid.uuid4().hex[:10]}"
+    hosts.env.update(KOS_SEE_EVENTS__URL=redis_url, KOS_SEE_EVENTS__PREFIX=prefix)
+    assert hosts.run("db", "upgrade").returncode == 0
+    register_nap(hosts, tmp_path)
+    hosts.serve("worker")
+    try:
+        submitted = hosts.run("submit", "nap", "--input", '{"sleep": 1.0}', "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        task_id = json.loads(submitted.stdout)["id"]
+        watched = hosts.run("watch", "--json", task_id)
+        assert watched.returncode == 0, watched.stderr
+        lines = [json.loads(line) for line in watched.stdout.splitlines()]
+        states = [e["state"] for e in lines if e["kind"] == "state"]
+        assert states == ["received", "queued", "leased", "running", "succeeded"]
+        ids = [e["id"] for e in lines]
+        assert ids == sorted(set(ids))  # in order, each once
+
+        import redis
+
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            name = f"{prefix}:task:{task_id}"
+            assert wait_for(lambda: client.xlen(name) == len(lines), 30)
+        finally:
+            hosts.stop()  # its relay copies once more on the way out
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
+            client.close()
+    finally:
+        hosts.stop()

@@ -241,7 +241,12 @@ class EventFollower:
             self._fall_back(exc)
             return
         self._switched("redis")
-        for stream, entries in found or []:
+        if not found:
+            # Quiet for a whole wait: the relay may be behind or not running
+            # (no serving engine has [events] url); the store has the truth.
+            yield from self.from_store(task_ids, seen)
+            return
+        for stream, entries in found:
             for entry_id, fields in entries:
                 event = event_of(fields)
                 self._positions[stream] = entry_id
