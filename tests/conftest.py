@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,16 +86,16 @@ def home(tmp_path: Path) -> Home:
 
 
 @pytest.fixture
-def engine_config() -> EngineConfig:
+def engine_config(store_url: str) -> EngineConfig:
     """The test configuration (``TEST_CONFIG``) as a validated EngineConfig."""
-    return merged_config()
+    return merged_config(**_store_section(store_url))
 
 
 EngineFactory = Callable[..., Engine]
 
 
 @pytest.fixture
-def make_engine(home: Home) -> Iterator[EngineFactory]:
+def make_engine(home: Home, store_url: str) -> Iterator[EngineFactory]:
     """Factory for engines on ``home``; every engine it made is closed after
     the test.
 
@@ -104,6 +106,7 @@ def make_engine(home: Home) -> Iterator[EngineFactory]:
     opened: list[Engine] = []
 
     def factory(serve: bool = True, **sections: dict[str, Any]) -> Engine:
+        sections = {**_store_section(store_url), **sections}
         engine = Engine.open(home, config=merged_config(**sections))
         opened.append(engine)
         if serve:
@@ -482,3 +485,117 @@ def make_api(make_engine: EngineFactory) -> Iterator[Callable[..., ApiFixture]]:
 def api(make_api: Callable[..., ApiFixture]) -> ApiFixture:
     """The default API fixture; see :class:`ApiFixture`."""
     return make_api()
+# Both stores. A test module opts in with ``pytestmark =
+# pytest.mark.both_stores``: its tests then run once on the home's SQLite file
+# and once on PostgreSQL. Every test run has a database of its own (a random
+# name, dropped at the end), emptied before each test, so that parallel runs
+# never meet. Without a server the PostgreSQL half skips with a message,
+# except where KOS_SEE_REQUIRE_SERVICES=1 (CI): there it fails.
+
+PG_ADMIN_URL = os.environ.get(
+    "KOS_SEE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_TEST_URL = os.environ.get("KOS_SEE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def services_required() -> bool:
+    return os.environ.get("KOS_SEE_REQUIRE_SERVICES") == "1"
+
+
+def missing_service(message: str) -> None:
+    """Skip on a laptop without the server; fail where it must be there."""
+    if services_required():
+        pytest.fail(f"{message} (KOS_SEE_REQUIRE_SERVICES=1: CI needs it)")
+    pytest.skip(message)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_stores: run the module's tests on SQLite and PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("both_stores")
+    if marked and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """``"sqlite"``, or ``"postgresql"`` in the second run of a
+    ``both_stores`` module."""
+    return getattr(request, "param", "sqlite")
+
+
+def _admin_connect(url: str = PG_ADMIN_URL) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """The URL of a database of this test run, migrated; dropped at the end."""
+    import psycopg
+
+    try:
+        admin = _admin_connect()
+    except psycopg.OperationalError as exc:
+        missing_service(f"no PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    name = f"kos_see_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    from kos_see.store.open import upgrade_url
+
+    upgrade_url(url)
+    yield url
+    with _admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def empty_postgres(url: str) -> None:
+    from kos_see.store.schema import metadata
+
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with _admin_connect(url) as conn:
+        conn.execute(f"TRUNCATE {names} RESTART IDENTITY")
+
+
+@pytest.fixture
+def store_url(store_backend: str, request: pytest.FixtureRequest) -> str:
+    """The store the test's engines use: "" for the home's SQLite file, or the
+    run's PostgreSQL database, emptied for this test."""
+    if store_backend != "postgresql":
+        return ""
+    url = request.getfixturevalue("postgres_database")
+    empty_postgres(url)
+    return url
+
+
+def _store_section(store_url: str) -> dict[str, dict[str, Any]]:
+    return {"store": {"url": store_url}} if store_url else {}
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A reachable Redis for this test (database 0 on the test server); each
+    test names its streams with a prefix of its own."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        missing_service(f"no Redis at {REDIS_TEST_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(autouse=True)
+def _store_url_in_environment(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI processes a PostgreSQL test starts use the same database."""
+    if store_url:
+        monkeypatch.setenv("KOS_SEE_STORE__URL", store_url)

@@ -197,9 +197,9 @@ def test_a_file_error_still_names_the_file(kos: Kos, home: Home):
 def test_an_unsupported_store_url_is_a_config_error(kos: Kos, home: Home):
     path = home.config_path
     path.write_text(
-        path.read_text().replace('[store]\nurl = ""', '[store]\nurl = "postgresql://x"')
+        path.read_text().replace('[store]\nurl = ""', '[store]\nurl = "mysql://x"')
     )
-    assert "postgresql://x" in path.read_text()
+    assert "mysql://x" in path.read_text()
     for command in (("list",), ("config", "show")):
         done = kos(*command)
         assert done.code == 2, (command, done.err)

@@ -7,6 +7,7 @@ The store is driven by hand on an engine that does not serve, with explicit
 from __future__ import annotations
 
 import random
+import re
 import tracemalloc
 from typing import Any
 
@@ -20,6 +21,9 @@ from kos_see.models import AttemptFinished, AttemptStarted
 from kos_see.states import TaskState
 from kos_see.store import statements as q
 from kos_see.store.schema import tasks
+
+# Each test runs on the embedded SQLite store and on PostgreSQL.
+pytestmark = pytest.mark.both_stores
 
 NOW = 1_800_000_000.0
 OWNER = "test-worker"
@@ -125,9 +129,14 @@ def test_a_retry_waits_out_its_backoff_in_the_deferred_lane(
 def query_plan(engine: Engine, statement: Any, params: dict[str, Any]) -> list[str]:
     """SQLite's EXPLAIN QUERY PLAN of a store statement, with its parameters
     bound as the store binds them (a bound value can decide whether a
-    partial index applies)."""
+    partial index applies). On PostgreSQL, its EXPLAIN in the same words
+    (see ``postgres_plan``)."""
     sql_engine = engine.store.engine  # type: ignore[attr-defined]
     compiled = statement.compile(dialect=sql_engine.dialect)
+    if sql_engine.dialect.name == "postgresql":
+        return postgres_plan(
+            sql_engine, compiled.string, compiled.construct_params(params)
+        )
     values = compiled.construct_params(params)
     positional = tuple(values[name] for name in compiled.positiontup)
     with sql_engine.connect() as conn:
@@ -135,6 +144,36 @@ def query_plan(engine: Engine, statement: Any, params: dict[str, Any]) -> list[s
             "EXPLAIN QUERY PLAN " + compiled.string, positional
         ).all()
     return [row[-1] for row in rows]
+
+
+def postgres_plan(sql_engine: Any, sql: str, values: dict[str, Any]) -> list[str]:
+    """PostgreSQL's plan of ``sql``, each step on the tasks table as SQLite
+    words it ("SEARCH tasks USING INDEX ix", "SCAN tasks").
+
+    Sequential scans are switched off for the question: on a test's few rows
+    the planner rightly prefers one, and what is asked is whether an index
+    can serve the query when the table is large; with no usable index the
+    plan stays a scan (``test_the_query_plan_check_can_tell_a_scan``)."""
+    with sql_engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        lines = [r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql, values)]
+    steps = []
+    for line in lines:
+        found = re.search(
+            r"(Seq Scan|Index Only Scan|Index Scan|Bitmap Index Scan)"
+            r"(?: using (\w+))?(?: on (\w+))?",
+            line,
+        )
+        if found is None:
+            continue
+        kind, index, table = found.groups()
+        if kind == "Seq Scan" and index is None and table == "tasks":
+            steps.append("SCAN tasks")
+        elif kind == "Bitmap Index Scan" and table and table.startswith("ix_tasks"):
+            steps.append(f"SEARCH tasks USING INDEX {table}")
+        elif index is not None and table == "tasks":
+            steps.append(f"SEARCH tasks USING INDEX {index}")
+    return steps
 
 
 @pytest.mark.parametrize(
@@ -171,9 +210,15 @@ def test_lease_and_due_time_queries_search_an_index(
     plan = query_plan(idle_engine, statement, params)
     on_tasks = [step for step in plan if " tasks " in f"{step} "]
     assert on_tasks, plan
+    usable = {index}
+    if idle_engine.store_kind == "postgresql":
+        # On a test's few rows PostgreSQL's costs may pick the index led by
+        # state instead, which also reads queued rows only, never finished ones.
+        usable.add("ix_tasks_state_created")
     for step in on_tasks:
-        assert f"USING INDEX {index}" in step or (
-            f"USING COVERING INDEX {index}" in step
+        assert any(
+            f"USING INDEX {name}" in step or f"USING COVERING INDEX {name}" in step
+            for name in usable
         ), plan
         assert not step.startswith("SCAN tasks"), plan
 
@@ -216,6 +261,9 @@ def bulk_tasks(
         row[at["not_before"]] = not_before
         row[at["rank_at"]] = NOW + number * 1e-6
         rows.append(tuple(row))
+    if sql_engine.dialect.name == "postgresql":
+        copy_rows(sql_engine, names, rows)
+        return due_ids, later_ids
     insert = (
         f"INSERT INTO tasks ({', '.join(names)}) "
         f"VALUES ({', '.join('?' for _ in names)})"
@@ -223,6 +271,19 @@ def bulk_tasks(
     with sql_engine.begin() as conn:
         conn.exec_driver_sql(insert, rows)
     return due_ids, later_ids
+
+
+def copy_rows(sql_engine: Any, names: list[str], rows: list[tuple]) -> None:
+    """PostgreSQL's COPY: the bulk path of its driver, a second for 100k rows."""
+    raw = sql_engine.raw_connection()
+    try:
+        statement = f"COPY tasks ({', '.join(names)}) FROM STDIN"
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+        raw.commit()
+    finally:
+        raw.close()
 
 
 def test_with_100k_deferred_tasks_a_lease_takes_only_due_ones_in_flat_memory(

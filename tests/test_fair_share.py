@@ -20,6 +20,9 @@ from kos_see.dispatcher import SubmitRequest
 from kos_see.queue.fair import Candidate, Policy, Rules, Snapshot, plan
 from kos_see.store.schema import events, fair_share, queue_state, tasks
 
+# Each test runs on the embedded SQLite store and on PostgreSQL.
+pytestmark = pytest.mark.both_stores
+
 TENANTS = ["t0", "t1", "t2", "t3", "t4"]
 WEIGHTS = st.dictionaries(
     st.sampled_from(TENANTS), st.sampled_from([0.5, 1.0, 2.0, 3.0]), max_size=5

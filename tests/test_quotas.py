@@ -26,6 +26,9 @@ from kos_see.queue.stats import CPU_QUOTA, MAX_RUNNING, SERVICE_LIMITS
 from kos_see.states import TaskState
 from kos_see.worker.pool import rules_from_config
 
+# Each test runs on the embedded SQLite store and on PostgreSQL.
+pytestmark = pytest.mark.both_stores
+
 KOS_SEE = [sys.executable, "-m", "kos_see.cli"]
 
 SLEEP = """

@@ -13,6 +13,9 @@ from kos_see.errors import IdempotencyConflict, IllegalTransition
 from kos_see.models import AttemptFinished, AttemptStarted, TaskRecord
 from kos_see.states import TERMINAL, TaskState, allowed, check_transition
 
+# Each test runs on the embedded SQLite store and on PostgreSQL.
+pytestmark = pytest.mark.both_stores
+
 OWNER = "test-worker"
 SOURCE = """
     def run(inputs):

@@ -186,7 +186,7 @@ class TelemetryConfig(_Section):
     provider: Literal["prometheus", "none"] = "prometheus"
 
 
-STORE_SCHEMES = ("sqlite",)
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class StoreConfig(_Section):
@@ -199,8 +199,30 @@ class StoreConfig(_Section):
         scheme, sep, _ = url.partition("://")
         if url and not (sep and scheme.partition("+")[0] in STORE_SCHEMES):
             raise ValueError(
-                "not a supported store URL; this engine stores in SQLite: "
-                "sqlite:///PATH, or empty for the database in the home"
+                "not a supported store URL; this engine stores in SQLite "
+                "(sqlite:///PATH, or empty for the database in the home) or "
+                "PostgreSQL (postgresql://USER@HOST:PORT/DATABASE)"
+            )
+        return url
+
+
+class EventsConfig(_Section):
+    # Redis carrying every event to watchers on any host (redis://HOST:PORT/DB);
+    # empty: watchers read the store. The store stays the source of truth.
+    url: str = ""
+    # Entries kept per task's stream and in the stream of all events.
+    task_stream_cap: int = Field(10000, ge=1)
+    all_stream_cap: int = Field(100000, ge=1)
+    # Names every Redis key of this engine's (``events/keys.py``), so that
+    # engines on different stores can share one Redis.
+    prefix: str = Field("kos-see", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "not a Redis URL; use redis://HOST:PORT/DB, or empty for none"
             )
         return url
 
@@ -282,6 +304,7 @@ class EngineConfig(_Section):
     provenance: ProvenanceConfig = ProvenanceConfig()
     api: ApiConfig = ApiConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
+    events: EventsConfig = EventsConfig()
 
 
 def load_config(

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from kos_see.audit.log import AuditLog
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
-from kos_see.errors import HomeError, TaskNotFound
+from kos_see.errors import HomeError, StoreUnavailable, TaskNotFound
 from kos_see.events import wakeup
+from kos_see.events.pg_wakeup import PgWakeListener
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
 from kos_see.policy.gate import PolicyGate
@@ -36,6 +37,7 @@ from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
 
 if TYPE_CHECKING:
+    from kos_see.events.streams import EventRelay
     from kos_see.queue.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,9 @@ class Engine:
             audit=self.audit,
         )
         self.pool: WorkerPool | None = None
-        self._listener: wakeup.WakeListener | None = None
+        self._listener: wakeup.WakeListener | PgWakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
+        self.relay: EventRelay | None = None  # events to Redis, while serving
         self._finished = threading.Condition()
         self._generation = 0
         self._recently_ended: deque[tuple[int, set[str]]] = deque(maxlen=256)
@@ -84,22 +87,38 @@ class Engine:
         return cls(home, config, store)
 
     def close(self) -> None:
-        if self.pool is not None:
+        if self.pool is not None or self._listener is not None:
             self.stop()
         self.audit.close()
         self.store.close()
 
     # serving
 
-    def serve(self, runner: Runner | None = None) -> None:
-        """Start the worker pool in this process (returns at once)."""
-        try:
-            listener = wakeup.WakeListener(self.home.root, self._on_wake)
-        except OSError as exc:
-            raise HomeError(
-                f"another engine already serves {self.home.root}; stop it first "
-                "(only one engine serves an embedded home)"
-            ) from exc
+    @property
+    def shared_store(self) -> bool:
+        """True when engines on other hosts may serve the same store
+        (PostgreSQL): then any number serve at once, waking each other through
+        the database, and none may treat another's leases as left behind."""
+        return self.store_kind == "postgresql"
+
+    @property
+    def store_kind(self) -> str:
+        engine = getattr(self.store, "engine", None)
+        return "sqlite" if engine is None else engine.dialect.name
+
+    def serve(
+        self, runner: Runner | None = None, worker: bool = True, scheduler: bool = True
+    ) -> None:
+        """Start the worker pool (``worker``) and the cron scheduler
+        (``scheduler``) in this process; returns at once."""
+        listener = self._wake_listener()
+        self._start_relay()
+        if not worker:
+            self._listener = listener
+            listener.start()
+            if scheduler:
+                self._start_scheduler()
+            return
         # Imported here: only a serving engine fetches dependencies.
         from kos_see.provenance.wiring import make_recorder
 
@@ -109,11 +128,13 @@ class Engine:
             self.config,
             runner or self._runners(),
             self.home.workdir_root(self.config),
-            exclusive=True,
+            exclusive=not self.shared_store,
             recorder=make_recorder(self.home, self.config),
         )
         self.pool.add_flush_listener(self._on_flush)
         self.pool.add_flush_listener(self._audit_attempts)
+        if self.relay is not None:
+            self.pool.add_flush_listener(self.relay.wake)
         self.audit.start()
         try:
             self.pool.start()
@@ -123,7 +144,28 @@ class Engine:
             raise
         self._listener = listener
         listener.start()
-        self._start_scheduler()
+        if scheduler:
+            self._start_scheduler()
+
+    def _wake_listener(self) -> wakeup.WakeListener | PgWakeListener:
+        if self.shared_store:
+            return PgWakeListener(self.config.store.url, self._on_wake)
+        try:
+            return wakeup.WakeListener(self.home.root, self._on_wake)
+        except OSError as exc:
+            raise HomeError(
+                f"another engine already serves {self.home.root}; stop it first "
+                "(only one engine serves an embedded home)"
+            ) from exc
+
+    def _start_relay(self) -> None:
+        """Copy stored events to Redis Streams while serving, if configured."""
+        if not self.config.events.url:
+            return
+        from kos_see.events.streams import EventRelay
+
+        self.relay = EventRelay(self.store, self.config.events)
+        self.relay.start()
 
     def _runners(self) -> RunnerSet:
         """The local runner and the sandbox, sharing the host's cgroups and
@@ -146,6 +188,9 @@ class Engine:
         if self.pool is not None:
             self.pool.shutdown(grace)
             self.pool = None
+        if self.relay is not None:
+            self.relay.close()  # after the pool's last flush: it copies that too
+            self.relay = None
 
     # cron schedules: a thread that makes their tasks through the dispatcher
 
@@ -165,6 +210,10 @@ class Engine:
             self.pool.wake(message)
 
     def _notify(self, reason: str) -> None:
+        if self.shared_store:
+            # Every serving engine on every host hears it, this one included.
+            self.last_notify_delivered = self._notify_shared(reason)
+            return
         if self.pool is not None:
             self.pool.wake(reason)
             self.last_notify_delivered = True
@@ -177,6 +226,17 @@ class Engine:
     def remove_task_listener(self, listener: Callable[[bool], None]) -> None:
         if listener in self._task_listeners:
             self._task_listeners.remove(listener)
+
+    def _notify_shared(self, reason: str) -> bool:
+        if self.pool is not None:
+            self.pool.wake(reason)
+        try:
+            self.store.notify(reason)  # type: ignore[attr-defined]
+        except StoreUnavailable:
+            # The task is stored; workers find it at their next look.
+            log.warning("wake-up not sent", extra={"action": "wake_not_sent"})
+            return False
+        return True
 
     def _on_flush(self, batch: list[AttemptWrite]) -> None:
         ended = {
@@ -224,7 +284,8 @@ class Engine:
     def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
         """Block until the task is in a terminal state (or ``timeout`` passes)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.pool is not None:
+        if self.pool is not None and not self.shared_store:
+            # Only this process runs the home's tasks: its flushes say when.
             return self._wait_serving(task_id, deadline)
         pause = POLL_START
         while True:

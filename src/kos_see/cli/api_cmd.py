@@ -27,9 +27,10 @@ def register(app: typer.Typer) -> None:
     app.command("api")(api)
 
 
-def start_api(engine: Engine) -> ApiServer | None:
-    """The API server for a serving engine, if the config enables it."""
-    if not engine.config.api.enabled:
+def start_api(engine: Engine, force: bool = False) -> ApiServer | None:
+    """The API server for a serving engine, if the config enables it (or
+    ``force``: a process whose role is the API)."""
+    if not (force or engine.config.api.enabled):
         return None
     from kos_see.api.server import ApiServer
 

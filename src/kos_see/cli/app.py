@@ -69,6 +69,10 @@ def _add_security_commands() -> None:
 _add_security_commands()
 register_api(app)
 
+from kos_see.cli import db as db_cmd  # noqa: E402
+
+app.add_typer(db_cmd.app, name="db")
+
 HomeOption = Annotated[
     Path | None,
     typer.Option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import signal
 import threading
 from typing import Annotated
@@ -13,7 +14,31 @@ from kos_see.cli.context import CliContext
 from kos_see.cli.output import errors
 from kos_see.config import validate_config
 from kos_see.engine import Engine
+from kos_see.errors import UsageError
 from kos_see.logs import configure
+
+
+class Role(enum.StrEnum):
+    api = "api"
+    worker = "worker"
+    scheduler = "scheduler"
+    all = "all"
+
+
+def _check_role(engine: Engine, role: Role) -> None:
+    """Refuse a split role on a store that only one process may serve."""
+    if role != Role.all and not engine.shared_store:
+        raise UsageError(
+            f"--role {role.value} needs a store that processes share "
+            '(store.url = "postgresql://..."); the embedded SQLite store is '
+            "served by one process: use --role all"
+        )
+
+
+def _serving_line(root: object, role: Role, slots: int) -> str:
+    if role == Role.scheduler:
+        return f"serving cron schedules of {root} (Ctrl-C stops)"
+    return f"serving {root} with {slots} slots (Ctrl-C stops gracefully)"
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +51,15 @@ def serve(
         int | None,
         typer.Option("--slots", min=1, help="Override execution.max_concurrent_tasks."),
     ] = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            "--role",
+            help="What this process runs: worker (a pool), scheduler (cron "
+            "schedules), api (the network API), or all (worker and scheduler). "
+            "Split roles need a shared store (PostgreSQL).",
+        ),
+    ] = Role.all,
 ) -> None:
     """Run the engine on this home until SIGINT or SIGTERM.
 
@@ -42,6 +76,11 @@ def serve(
         config = validate_config(data)
     configure(config.logging.level, config.logging.format)
     engine = Engine.open(home, config)
+    try:
+        _check_role(engine, role)
+    except BaseException:
+        engine.close()
+        raise
     stop = threading.Event()
     received: list[int] = []
 
@@ -61,14 +100,20 @@ def serve(
     signal.signal(signal.SIGTERM, on_signal)
     api = None
     try:
-        engine.serve()
-        api = start_api(engine)  # REST and gRPC, when [api] enabled = true
-        errors.print(
-            f"serving {home.root} with {config.execution.max_concurrent_tasks} slots "
-            "(Ctrl-C stops gracefully)",
-            highlight=False,
-            markup=False,
-        )
+        if role == Role.api:
+            api = start_api(engine, force=True)
+        else:
+            engine.serve(
+                worker=role in (Role.all, Role.worker),
+                scheduler=role in (Role.all, Role.scheduler),
+            )
+            if role == Role.all:
+                api = start_api(engine)  # REST and gRPC, when [api] enabled = true
+            errors.print(
+                _serving_line(home.root, role, config.execution.max_concurrent_tasks),
+                highlight=False,
+                markup=False,
+            )
         while not stop.wait(1.0):
             pass
         name = signal.Signals(received[0]).name if received else "stop"

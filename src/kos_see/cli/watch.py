@@ -35,6 +35,8 @@ def watch_tasks(engine: Engine, task_ids: list[str], as_json: bool) -> list[Task
 
 
 def _stream_json(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    if engine.config.events.url:
+        return _follow_streams(engine, tasks)
     seen = dict.fromkeys(tasks, 0)
     while True:
         for tid in tasks:
@@ -46,6 +48,31 @@ def _stream_json(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecor
         if all(t.terminal for t in tasks.values()):
             return list(tasks.values())
         time.sleep(INTERVAL)
+
+
+def _follow_streams(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    """Events from Redis Streams as they are relayed, the store when Redis
+    is down (``events.streams``)."""
+    from kos_see.events.streams import EventFollower
+
+    follower = EventFollower(engine.store, engine.config.events)
+    seen = dict.fromkeys(tasks, 0)
+    try:
+        while True:
+            live = [tid for tid, t in tasks.items() if not t.terminal]
+            for event in follower.follow(list(tasks), seen):
+                sys.stdout.write(json.dumps(event.to_dict()) + "\n")
+            sys.stdout.flush()
+            for tid in live:
+                tasks[tid] = engine.dispatcher.get(tid)
+            if all(t.terminal for t in tasks.values()):
+                # The events of the end may be stored but not yet relayed.
+                for event in follower.from_store(list(tasks), seen):
+                    sys.stdout.write(json.dumps(event.to_dict()) + "\n")
+                sys.stdout.flush()
+                return list(tasks.values())
+    finally:
+        follower.close()
 
 
 def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRecord]:

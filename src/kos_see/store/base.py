@@ -156,6 +156,15 @@ class Store(ABC):
         self, task_id: str, after: int = 0, limit: int = 1000
     ) -> list[Event]: ...
 
+    @abstractmethod
+    def events_since(self, after: int, limit: int = 1000) -> list[Event]:
+        """Events of every task with an id above ``after``, in id order: what
+        the relay copies to Redis Streams."""
+
+    @abstractmethod
+    def last_event_id(self) -> int:
+        """The highest event id stored (0 when none)."""
+
     # queue statistics
 
     @abstractmethod

@@ -25,6 +25,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def open_store(url: str, migrate: bool = True) -> Store:
+    if url.startswith("postgres"):
+        return _open_postgres(url)
     if url.startswith("sqlite"):
         engine = _sqlite_engine(url)
     else:
@@ -92,3 +94,87 @@ def upgrade(engine: Engine) -> None:
         "store migrated",
         extra={"action": "store_migrated", "revision": SCHEMA_REVISION},
     )
+
+
+# PostgreSQL: the schema is shared by every engine process on every host, so
+# it changes only when an operator says so (``kos-see db upgrade``), never as
+# a side effect of a worker starting.
+
+
+def _open_postgres(url: str) -> Store:
+    from kos_see.store.postgres import PostgresStore, postgres_engine
+
+    engine = postgres_engine(url)
+    try:
+        found = current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        raise StoreError(
+            f"cannot reach the store at {safe_url(url)}: {getattr(exc, 'orig', exc)}"
+        ) from exc
+    if found != SCHEMA_REVISION:
+        engine.dispose()
+        raise StoreError(
+            f"the store at {safe_url(url)} has schema revision {found or 'none'}, "
+            f"this engine needs {SCHEMA_REVISION}; run 'kos-see db upgrade'"
+        )
+    return PostgresStore(engine)
+
+
+def upgrade_url(url: str) -> tuple[str | None, str]:
+    """Bring the database at ``url`` to the newest schema; returns the
+    revisions before and after. Safe to run from two hosts at once."""
+    if url.startswith("postgres"):
+        from kos_see.store.postgres import LEASE_LOCK_KEY, postgres_engine
+
+        engine = postgres_engine(url)
+    else:
+        engine = _sqlite_engine(url)
+    try:
+        before = current_revision(engine)
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                # Concurrent upgrades wait for each other; the second finds
+                # the schema current and does nothing.
+                conn.execute(
+                    sa.select(sa.func.pg_advisory_xact_lock(LEASE_LOCK_KEY + 1))
+                )
+                _upgrade_on(conn)
+        else:
+            upgrade(engine)
+        return before, SCHEMA_REVISION
+    except sa.exc.OperationalError as exc:
+        raise StoreError(
+            f"cannot upgrade the store at {safe_url(url)}: {getattr(exc, 'orig', exc)}"
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+def _upgrade_on(conn: sa.Connection) -> None:
+    found = conn.execute(
+        sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")
+    ).scalar()
+    if found:
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+        if revision.scalar() == SCHEMA_REVISION:
+            return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+    log.info(
+        "store migrated",
+        extra={"action": "store_migrated", "revision": SCHEMA_REVISION},
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparsable URL)"

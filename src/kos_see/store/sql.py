@@ -59,6 +59,17 @@ class SqlStore(Store):
     go through one connection under a lock.
     """
 
+    # Hooks for a backend whose writers run concurrently (PostgreSQL): the
+    # statements a lease reads its candidates with, and how a writer locks
+    # the task rows it reads before it changes them. SQLite has one writer
+    # at a time, so it needs no row locks.
+    _heads_statements = (q.heads, q.heads_except, q.heads_of_service)
+    _fences_statement = q.fences
+
+    def _locked(self, query: sa.Select, skip_locked: bool = False) -> sa.Select:
+        """``query`` as a writer reads it: unchanged where writers never overlap."""
+        return query
+
     def __init__(self, engine: Engine, use_driver: bool = True) -> None:
         self.engine = engine
         # SQLite admits one writer at a time, and a writer that finds the lock
@@ -223,7 +234,9 @@ class SqlStore(Store):
 
     def cancel_task(self, task_id: str, now: float) -> TaskRecord:
         with self._write() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            row = conn.execute(
+                self._locked(sa.select(tasks).where(tasks.c.id == task_id))
+            ).first()
             if row is None:
                 raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
             state = TaskState(row.state)
@@ -264,7 +277,9 @@ class SqlStore(Store):
 
     def retry_task(self, task_id: str, now: float, attempts: int) -> TaskRecord:
         with self._write() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            row = conn.execute(
+                self._locked(sa.select(tasks).where(tasks.c.id == task_id))
+            ).first()
             if row is None:
                 raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
             if row.state != TaskState.DEAD.value:
@@ -321,6 +336,7 @@ class SqlStore(Store):
         rules = rules or Rules()
         expires = now + lease_seconds
         with self._write() as conn:
+            self._serialize_leases(conn)
             self._promote_due(conn, now)
             snapshot = self._snapshot(conn, limit, now, rules)
             chosen = plan(snapshot, rules.policy, limit)
@@ -342,6 +358,10 @@ class SqlStore(Store):
             )
             for t in claimed
         ]
+
+    def _serialize_leases(self, conn: Connection) -> None:
+        """Make concurrent leases plan one after the other; SQLite's single
+        writer already does."""
 
     def _promote_due(self, conn: Connection, now: float) -> None:
         """Deferred tasks whose time has come join their run class's lane."""
@@ -400,16 +420,15 @@ class SqlStore(Store):
         service would hide the tenant's tasks behind them from the planner.
         """
         params = {"lane": lane, "tenant": tenant, "limit": limit}
+        heads, heads_except, heads_of_service = self._heads_statements
         if not room:
-            rows = list(conn.execute(q.heads, params))
+            rows = list(conn.execute(heads, params))
         else:
-            rows = list(
-                conn.execute(q.heads_except, {**params, "services": list(room)})
-            )
+            rows = list(conn.execute(heads_except, {**params, "services": list(room)}))
             for service, free in room.items():
                 if free > 0:
                     rows += conn.execute(
-                        q.heads_of_service,
+                        heads_of_service,
                         {**params, "service": service, "limit": min(free, limit)},
                     )
             rows.sort(key=lambda r: (r.rank_at, r.id))
@@ -516,13 +535,17 @@ class SqlStore(Store):
         wanted = dict(held)
         with self._write() as conn:
             rows = conn.execute(
-                sa.select(
-                    tasks.c.id,
-                    tasks.c.lease_epoch,
-                    tasks.c.lease_owner,
-                    tasks.c.state,
-                    tasks.c.cancel_requested,
-                ).where(tasks.c.id.in_(list(wanted)))
+                self._locked(
+                    sa.select(
+                        tasks.c.id,
+                        tasks.c.lease_epoch,
+                        tasks.c.lease_owner,
+                        tasks.c.state,
+                        tasks.c.cancel_requested,
+                    )
+                    .where(tasks.c.id.in_(list(wanted)))
+                    .order_by(tasks.c.id)
+                )
             ).all()
             current = [
                 r
@@ -550,7 +573,7 @@ class SqlStore(Store):
             ids = list({w.task_id for w in writes})
             current = {
                 r.id: (TaskState(r.state), r.lease_epoch)
-                for r in conn.execute(q.fences, {"ids": ids})
+                for r in conn.execute(self._fences_statement, {"ids": ids})
             }
             batch = WriteBatch()
             refused = [
@@ -574,7 +597,9 @@ class SqlStore(Store):
             expired = sa.or_(expired, tasks.c.lease_owner != owner)
         rescued: list[str] = []
         with self._write() as conn:
-            rows = conn.execute(sa.select(tasks).where(held, expired)).all()
+            rows = conn.execute(
+                self._locked(sa.select(tasks).where(held, expired), skip_locked=True)
+            ).all()
             for row in rows:
                 rescued.append(row.id)
                 self._rescue_one(conn, row, now)
@@ -658,17 +683,21 @@ class SqlStore(Store):
             .limit(limit)
         )
         with self._read() as conn:
-            return [
-                Event(
-                    id=r.id,
-                    task_id=r.task_id,
-                    attempt=r.attempt,
-                    at=r.at,
-                    kind=r.kind,
-                    data=json.loads(r.data),
-                )
-                for r in conn.execute(query)
-            ]
+            return [_event(r) for r in conn.execute(query)]
+
+    def events_since(self, after: int, limit: int = 1000) -> list[Event]:
+        query = (
+            sa.select(events)
+            .where(events.c.id > after)
+            .order_by(events.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_event(r) for r in conn.execute(query)]
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.max(events.c.id))).scalar() or 0
 
     # queue statistics
 
@@ -796,6 +825,17 @@ def _task_from(values: dict[str, Any]) -> TaskRecord:
     values["state"] = TaskState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return TaskRecord(**values)
+
+
+def _event(r: Row[Any]) -> Event:
+    return Event(
+        id=r.id,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        at=r.at,
+        kind=r.kind,
+        data=json.loads(r.data),
+    )
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:

@@ -83,6 +83,40 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+class _Outage:
+    """Backoff while the store is unreachable, logged once when it starts and
+    once when it ends."""
+
+    START = 0.1
+    MAX = 5.0
+
+    def __init__(self) -> None:
+        self.pause = 0.0
+        self.since: float | None = None
+
+    def begin(self, exc: Exception) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "store unavailable; retrying with backoff",
+                extra={"action": "store_unavailable", "error": str(exc)},
+            )
+        self.pause = min(self.MAX, max(self.START, self.pause * 2))
+        return self.pause
+
+    def over(self) -> None:
+        if self.since is None:
+            return
+        log.warning(
+            "store available again",
+            extra={
+                "action": "store_available",
+                "down_seconds": round(time.monotonic() - self.since, 3),
+            },
+        )
+        self.since, self.pause = None, 0.0
+
+
 @dataclass
 class _Running:
     lease: Lease
@@ -259,6 +293,7 @@ class WorkerPool:
         next_rescue = time.monotonic() + execution.lease_seconds / 2
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         idle_until = time.monotonic()
+        outage = _Outage()
         while True:
             now_m = time.monotonic()
             wait = min(next_renew, next_rescue, next_sweep, idle_until) - now_m
@@ -285,6 +320,11 @@ class WorkerPool:
                     self._sweep()
                     next_sweep = now_m + SWEEP_INTERVAL
                 idle_until = self._lease_more()
+                outage.over()
+            except StoreUnavailable as exc:
+                # The server restarts or the network is cut: wait with backoff
+                # and say so once; unflushed writes stay queued in order.
+                idle_until = time.monotonic() + outage.begin(exc)
             except Exception:
                 # The store may be briefly unavailable; nothing is lost, since
                 # unflushed writes stay queued and leases are retried.
