@@ -302,5 +302,5 @@ def test_sigterm_mid_task_requeues_it_and_a_restarted_serve_finishes_it_once(
 def test_only_one_engine_serves_a_home(cli: Cli):
     cli.serve()
     second = cli.run("serve", timeout=30)
-    assert second.returncode == 2
+    assert second.returncode == 3
     assert "already serves" in second.stderr

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
-from kos_see.errors import HomeError, TaskNotFound
+from kos_see.errors import EngineAlreadyServing, TaskNotFound
 from kos_see.events import wakeup
 from kos_see.home import Home
 from kos_see.models import AttemptFinished, AttemptWrite, TaskRecord
@@ -23,6 +23,7 @@ from kos_see.registry import Registry
 from kos_see.runners.base import Runner
 from kos_see.runners.launch import make_launcher
 from kos_see.runners.local import LocalPythonRunner
+from kos_see.serving_lock import ServingLock, database_file
 from kos_see.states import TERMINAL
 from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
@@ -44,6 +45,7 @@ class Engine:
         self.registry = Registry(store)
         self.dispatcher = Dispatcher(store, self.registry, config, self._notify)
         self.pool: WorkerPool | None = None
+        self._serving_lock: ServingLock | None = None
         self._listener: wakeup.WakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
         self._finished = threading.Condition()
@@ -68,10 +70,31 @@ class Engine:
 
     def serve(self, runner: Runner | None = None) -> None:
         """Start the worker pool in this process (returns at once)."""
+        self._lock_store()
+        try:
+            self._start_serving(runner)
+        except BaseException:
+            self._unlock_store()
+            raise
+
+    def _lock_store(self) -> None:
+        database = database_file(self.home.store_url(self.config))
+        if database is None:
+            return
+        lock = ServingLock(database)
+        lock.acquire(self.home.root)
+        self._serving_lock = lock
+
+    def _unlock_store(self) -> None:
+        if self._serving_lock is not None:
+            self._serving_lock.release()
+            self._serving_lock = None
+
+    def _start_serving(self, runner: Runner | None) -> None:
         try:
             listener = wakeup.WakeListener(self.home.root, self._on_wake)
         except OSError as exc:
-            raise HomeError(
+            raise EngineAlreadyServing(
                 f"another engine already serves {self.home.root}; stop it first "
                 "(only one engine serves an embedded home)"
             ) from exc
@@ -102,6 +125,7 @@ class Engine:
         if self.pool is not None:
             self.pool.shutdown(grace)
             self.pool = None
+        self._unlock_store()
 
     # cron schedules: a thread that makes their tasks through the dispatcher
 

@@ -181,3 +181,9 @@ class AuditError(KosSeeError):
     """The audit log could not be written or read."""
 
     code = "audit_error"
+
+
+class EngineAlreadyServing(RequestRefused):
+    """Another engine already serves this store; only one may serve it at a time."""
+
+    code = "already_serving"

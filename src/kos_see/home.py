@@ -104,7 +104,9 @@ class Home:
 
 def resolve_home(option: str | Path | None) -> Home:
     chosen = option or os.environ.get(HOME_ENV) or Path.home() / ".kos-see"
-    return Home(Path(chosen).expanduser().absolute())
+    # Resolved, so that a symlinked path or H/../H names the same home (and
+    # the same wake-up address) as H itself.
+    return Home(Path(chosen).expanduser().resolve())
 
 
 SHARED_MEMORY = Path("/dev/shm")
