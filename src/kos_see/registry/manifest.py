@@ -43,6 +43,7 @@ from pydantic import (
 
 from kos_see.config import Seconds
 from kos_see.errors import ManifestError
+from kos_see.registry.digest import read_regular_file
 
 MANIFEST_NAME = "service.toml"
 KNOWN_RUNNERS = frozenset({"local_python"})
@@ -130,7 +131,7 @@ def load_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise ManifestError(f"{folder} is not a folder; a service is a folder")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular_file(path).decode("utf-8"))
     except FileNotFoundError as exc:
         raise ManifestError(f"{folder} has no {MANIFEST_NAME}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -171,7 +172,7 @@ def _check_entrypoint(folder: Path, manifest: Manifest, path: Path) -> None:
 def _top_level_names(entry: Path) -> set[str]:
     """Names a module binds at its top level, read without running it."""
     try:
-        tree = ast.parse(entry.read_bytes(), filename=str(entry))
+        tree = ast.parse(read_regular_file(entry), filename=str(entry))
     except SyntaxError as exc:
         raise ManifestError(
             f"{entry} is not valid Python: {exc.msg} (line {exc.lineno})"
