@@ -4,8 +4,9 @@ It covers every file of the service folder (the manifest included), by
 relative path and content, skipping caches and hidden files, so that any edit
 of code or manifest changes it. It covers regular files only: a FIFO, socket
 or device (or a symlink to one, or a symlink that leaves the folder) is
-refused and never opened, since reading one may block for good. A stat signature of the same files lets the
-worker skip re-hashing a folder that has not changed since the last check.
+refused and never opened, since reading one may block for good. A stat
+signature of the same files lets the worker skip re-hashing a folder that
+has not changed since the last check.
 """
 
 from __future__ import annotations
