@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from kos_see import strict_json
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import (
     console,
@@ -60,38 +61,9 @@ def parse_input(text: str | None) -> Any:
         except UnicodeDecodeError as exc:
             raise UsageError(f"input file {source!r} is not UTF-8 text") from exc
     try:
-        return json.loads(
-            text, parse_constant=_no_constant, object_pairs_hook=_unique_keys
-        )
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}"
-        ) from exc
-    except _NotJson as exc:
+        return strict_json.loads(text)
+    except strict_json.NotJson as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise UsageError(
-            f"{source} is nested too deeply to read; flatten the input"
-        ) from exc
-
-
-class _NotJson(ValueError):
-    """Text that Python's json module reads but JSON does not allow."""
-
-
-def _no_constant(name: str) -> Any:
-    # Python reads NaN, Infinity and -Infinity; JSON has no such values.
-    raise _NotJson(f"{name} is not a JSON value")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _NotJson(f"duplicate key {key!r} in an object")
-        out[key] = value
-    return out
 
 
 def _not_before(delay: str | None, at: str | None) -> float | None:
