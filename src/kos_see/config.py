@@ -66,6 +66,10 @@ class ExecutionConfig(_Section):
     keep_workdirs: bool = False
     # Empty: a private folder on /dev/shm when the host has one, else <home>/work.
     workdir_root: str = ""
+    # Bytes of events kept per attempt in all; beyond it events are dropped
+    # and counted like those over event_cap, so a chatty service cannot fill
+    # the store.
+    event_bytes_cap: int = Field(16 * 1024 * 1024, ge=1)
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> ExecutionConfig:

@@ -39,6 +39,7 @@ class AttemptSpec:
     event_cap: int = 10000
     result_cap: int = 1048576
     keep_workdir: bool = False
+    event_bytes_cap: int = 16 * 1024 * 1024
 
 
 @dataclass

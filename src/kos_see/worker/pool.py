@@ -490,6 +490,7 @@ class WorkerPool:
             output_cap=execution.output_cap_bytes,
             event_cap=execution.event_cap,
             result_cap=execution.result_cap_bytes,
+            event_bytes_cap=execution.event_bytes_cap,
             keep_workdir=execution.keep_workdirs,
         )
 
