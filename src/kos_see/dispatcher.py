@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 from kos_see.config import EngineConfig
 from kos_see.errors import (
@@ -30,6 +31,7 @@ from kos_see.errors import (
 )
 from kos_see.models import NewTask, ServiceRecord, TaskRecord, new_task_id
 from kos_see.registry import Registry
+from kos_see.registry.schema import validator_for
 from kos_see.security.envelope import Envelope, parse_envelope
 from kos_see.security.principals import PrincipalStore
 from kos_see.security.verify import Caller, RequestVerifier
@@ -278,6 +280,13 @@ class Dispatcher:
                 f"input for {ref} is nested too deeply to check against its schema",
                 [{"path": "$", "message": "nested too deeply"}],
             ) from exc
+        except referencing.exceptions.Unresolvable as exc:
+            # Only a version registered before references were checked.
+            raise RequestRefused(
+                f"the input schema of {ref} refers to {exc.ref!r}, which the "
+                "engine does not fetch; register a version whose schema holds "
+                "its definitions under $defs"
+            ) from exc
         if errors:
             violations = [{"path": e.json_path, "message": e.message} for e in errors]
             listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
@@ -293,7 +302,7 @@ class Dispatcher:
         # version's schema never changes, so one per version is kept.
         validator = self._validators.get(ref)
         if validator is None:
-            validator = jsonschema.Draft202012Validator(schema)
+            validator = validator_for(schema)
             self._validators[ref] = validator
         return validator
 

@@ -31,7 +31,6 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,6 +43,7 @@ from pydantic import (
 from kos_see.config import Seconds
 from kos_see.errors import ManifestError
 from kos_see.registry.digest import read_regular_file
+from kos_see.registry.schema import check_input_schema
 
 MANIFEST_NAME = "service.toml"
 KNOWN_RUNNERS = frozenset({"local_python"})
@@ -110,10 +110,7 @@ class Manifest(BaseModel):
     @field_validator("input_schema")
     @classmethod
     def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jsonschema.Draft202012Validator.check_schema(value)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        check_input_schema(value)
         return value
 
     @property
