@@ -22,6 +22,7 @@ from kos_see.cli.output import (
     errors,
     id_column,
     plain,
+    shown,
     state_text,
     when,
 )
@@ -261,7 +262,7 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
         data = dict(e.data)
         text = data.pop("message", None) or data.pop("state", None) or json.dumps(data)
         console.print(
-            f"{when(e.at)} #{e.attempt} {e.kind:<8} {text}",
+            f"{when(e.at)} #{e.attempt} {e.kind:<8} {shown(str(text))}",
             highlight=False,
             markup=False,
         )
@@ -270,7 +271,9 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
             captured = getattr(a, stream)
             if captured:
                 console.print(f"--- attempt {a.number} {stream} ---", style="dim")
-                console.print(captured.rstrip("\n"), highlight=False, markup=False)
+                console.print(
+                    shown(captured.rstrip("\n")), highlight=False, markup=False
+                )
 
 
 def result(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> None:
@@ -347,7 +350,7 @@ def _print_task(task: TaskRecord, now: float | None = None) -> None:
     console.print(
         Text.assemble(
             (task.id, "bold"),
-            f"  {task.service}@{task.version}  ",
+            f"  {shown(task.service)}@{shown(task.version)}  ",
             state_text(task.state.value),
             f"  attempts {task.attempts}/{task.max_attempts}",
         )
@@ -362,15 +365,18 @@ def _print_task(task: TaskRecord, now: float | None = None) -> None:
     if task.progress_done is not None:
         total = f"/{task.progress_total:g}" if task.progress_total else ""
         console.print(
-            f"  progress {task.progress_done:g}{total} {task.progress_message or ''}",
+            f"  progress {task.progress_done:g}{total} "
+            + shown(task.progress_message or ""),
             highlight=False,
             markup=False,
         )
     if task.error:
-        console.print(f"  error: {task.error}", highlight=False, markup=False)
+        console.print(f"  error: {shown(task.error)}", highlight=False, markup=False)
     if task.result is not None:
         console.print(
-            f"  result: {_short(task.result, 300)}", highlight=False, markup=False
+            f"  result: {shown(_short(task.result, 300))}",
+            highlight=False,
+            markup=False,
         )
 
 
