@@ -138,7 +138,7 @@ def submit(
         served = engine.last_notify_delivered or not submitted.created
         task = submitted.task
         if wait:
-            task = engine.wait(task.id, wait_timeout)
+            task = _wait_interruptibly(engine, task, wait_timeout, as_json, served)
     finally:
         engine.close()
     if not served and not wait:
@@ -156,6 +156,33 @@ def submit(
         console.print(task.id, highlight=False, markup=False)
     if wait:
         _exit_for(task)
+
+
+def _wait_interruptibly(
+    engine: Engine,
+    task: TaskRecord,
+    timeout: float | None,
+    as_json: bool,
+    served: bool,
+) -> TaskRecord:
+    """Wait for the end; the task's id is on stdout before the wait begins
+    (human output) or when Ctrl-C ends it (JSON), so that an interrupted
+    wait never loses the task it made."""
+    try:
+        if not as_json:
+            console.print(task.id, highlight=False, markup=False)
+            console.file.flush()
+        return engine.wait(task.id, timeout)
+    except KeyboardInterrupt:
+        if as_json:
+            emit_json({**task.to_dict(), "served": served, "interrupted": True})
+        errors.print(
+            f"interrupted; task {task.id} goes on: 'kos-see watch {task.id}' "
+            "follows it",
+            highlight=False,
+            markup=False,
+        )
+        raise
 
 
 def watch(
