@@ -358,16 +358,23 @@ class Dispatcher:
         return asked, run_class
 
     def _check_same_request(self, task: TaskRecord, new: NewTask) -> None:
-        if (task.service, task.version, task.input_digest) != (
-            new.service,
-            new.version,
-            new.input_digest,
-        ):
+        # The fields the caller chose (a key is the tenant's own, so the
+        # tenant is the same); one that differs makes a new request.
+        compared = (
+            ("service", task.service, new.service),
+            ("version", task.version, new.version),
+            ("input", task.input_digest, new.input_digest),
+            ("priority", task.priority, new.priority),
+        )
+        differing = [name for name, old, asked in compared if old != asked]
+        if differing:
+            fields = " and ".join(differing)
             raise IdempotencyConflict(
                 f"idempotency key {new.idempotency_key!r} was used by task {task.id} "
-                f"for {task.service}@{task.version} with other input; use a new key "
-                "for a new request",
+                f"for {task.service}@{task.version} with another {fields}; use a "
+                "new key for a new request",
                 task_id=task.id,
+                fields=differing,
             )
 
 

@@ -89,6 +89,12 @@ def _not_before(delay: str | None, at: str | None) -> float | None:
                 f"--not-before {at!r} is not an ISO 8601 time such as "
                 "2026-12-24T18:00:00+01:00"
             ) from exc
+        # Bad usage like a --delay that long, not a request the engine refused.
+        if moment.timestamp() > time.time() + MAX_NOT_BEFORE_AHEAD:
+            raise UsageError(
+                f"--not-before {at!r} is more than 10 years ahead; a task may be "
+                "deferred 10 years at most"
+            )
         return moment.timestamp()
     return None
 
