@@ -106,3 +106,34 @@ def test_the_event_byte_cap_is_an_execution_key(make_engine, make_service):
     assert 1 <= len(outputs) <= 4
     attempt = engine.store.attempts(task.id)[-1]
     assert attempt.events_dropped >= 16
+
+
+def test_status_and_logs_say_how_many_events_were_dropped(
+    make_engine, make_service, home, monkeypatch, capsys
+):
+    import sys
+
+    from kos_see.cli import context as cli_context
+    from kos_see.cli.app import main
+    from kos_see.dispatcher import SubmitRequest
+
+    engine = make_engine(execution={"event_cap": 3})
+    source = """
+        from kos_see import service
+        for n in range(10):
+            service.log(f"line {n}")
+    """
+    name = make_service("dropper", source, retry_limit=0)
+    task = engine.dispatcher.submit(SubmitRequest(service=name, input={})).task
+    assert engine.wait(task.id, timeout=60).state == TaskState.SUCCEEDED
+
+    monkeypatch.setenv("KOS_SEE_HOME", str(home.root))
+    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setattr(cli_context, "configure", lambda *_a, **_k: None)
+    for command in ("status", "logs"):
+        monkeypatch.setattr(sys, "argv", ["kos-see", command, task.id])
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main()
+        out = capsys.readouterr().out
+        assert "7 events dropped" in out, (command, out)

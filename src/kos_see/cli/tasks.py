@@ -233,10 +233,20 @@ def status(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> N
             f"  attempt {a.number}: {a.outcome or 'running'}  pid {a.pid}  "
             f"exit {a.exit_code if a.signal is None else 'signal ' + str(a.signal)}  "
             f"{duration(took)}  cpu {a.cpu_seconds or 0:.2f}s  "
-            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB",
+            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB"
+            + _dropped_note(a.events_dropped),
             highlight=False,
             markup=False,
         )
+
+
+def _dropped_note(dropped: int | None) -> str:
+    if not dropped:
+        return ""
+    return (
+        f"  {dropped} events dropped (over execution.event_cap or "
+        "execution.event_bytes_cap)"
+    )
 
 
 def list_tasks(
@@ -300,6 +310,13 @@ def logs(ctx: typer.Context, task_id: TaskArg, as_json: JsonFlag = False) -> Non
             markup=False,
         )
     for a in attempts:
+        if a.events_dropped:
+            console.print(
+                f"--- attempt {a.number}:{_dropped_note(a.events_dropped)} ---",
+                style="yellow",
+                highlight=False,
+                markup=False,
+            )
         for stream in ("stdout", "stderr"):
             captured = getattr(a, stream)
             if captured:
