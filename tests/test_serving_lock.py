@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,14 @@ def test_the_lock_is_released_when_the_engine_stops(served: Engine):
         assert again.pool is not None
     finally:
         again.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the warning is for serving as root")
+def test_serving_as_root_warns_that_process_limits_do_nothing(
+    make_engine: EngineFactory, caplog: pytest.LogCaptureFixture
+):
+    with caplog.at_level(logging.WARNING, logger="kos_see.engine"):
+        make_engine(serve=True)
+    warned = [r for r in caplog.records if r.action == "process_limit_ineffective"]
+    assert len(warned) == 1
+    assert "limits.processes" in warned[0].getMessage()

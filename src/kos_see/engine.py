@@ -8,6 +8,7 @@ wake-up listener; only one process serves a home at a time.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -116,6 +117,7 @@ class Engine:
         self._listener = listener
         listener.start()
         self._start_scheduler()
+        _warn_if_root()
 
     def stop(self, grace: float | None = None) -> None:
         self._stop_scheduler()
@@ -203,6 +205,16 @@ class Engine:
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
         return task
+
+
+def _warn_if_root() -> None:
+    # RLIMIT_NPROC counts every process of the user and is not enforced for
+    # uid 0 at all, so a manifest's limits.processes bounds nothing here.
+    if os.geteuid() == 0:
+        log.warning(
+            "serving as root: limits.processes has no effect",
+            extra={"action": "process_limit_ineffective", "uid": 0},
+        )
 
 
 def _past(deadline: float | None) -> bool:
