@@ -88,3 +88,18 @@ def test_default_runner_must_be_a_runner_the_engine_has(tmp_path):
         _load(tmp_path, '[execution]\ndefault_runner = "docker"\n')
     config = _load(tmp_path, '[execution]\ndefault_runner = "local_python"\n')
     assert config.execution.default_runner == "local_python"
+
+
+def test_a_zero_worker_timeout_is_refused(tmp_path):
+    with pytest.raises(
+        ConfigError, match="execution.worker_timeout: 0 is not a timeout"
+    ):
+        _load(tmp_path, '[execution]\nworker_timeout = "0"\n')
+
+
+def test_a_zero_manifest_timeout_is_refused(make_service, registry):
+    from kos_see.errors import ManifestError
+
+    name = make_service("zero", "", timeout="0", register=False)
+    with pytest.raises(ManifestError, match="0 does not mean 'none'"):
+        registry.add(make_service.folder(name))

@@ -87,6 +87,16 @@ class ExecutionConfig(_Section):
     # the store.
     event_bytes_cap: int = Field(16 * 1024 * 1024, ge=1)
 
+    @field_validator("worker_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(
+                "0 is not a timeout (it does not mean 'none'); give a positive "
+                "duration such as '5m'"
+            )
+        return value
+
     @field_validator("default_runner")
     @classmethod
     def _known_runner(cls, value: str) -> str:

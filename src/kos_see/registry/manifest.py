@@ -93,6 +93,17 @@ class Manifest(BaseModel):
             raise ValueError(f"unknown runner {value!r}; known runners: {known}")
         return value
 
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(
+                f"timeout {value:g} s is not a timeout (0 does not mean 'none'); "
+                "give a positive duration such as '10m', or leave timeout out "
+                "to use execution.worker_timeout"
+            )
+        return value
+
     @field_validator("retry_cap")
     @classmethod
     def _cap_not_below_base(
