@@ -117,3 +117,28 @@ def test_services_add_refuses_a_remote_ref_with_exit_3(
     assert done.returncode == 3, done.stderr
     assert "never fetches" in done.stderr
     assert hits == []
+
+
+def test_a_version_registered_before_the_check_is_refused_at_submit(
+    idle_engine, make_service, registry: Registry, schema_server
+):
+    import dataclasses
+
+    from kos_see.errors import RequestRefused
+
+    url, hits = schema_server
+    name = make_service("legacy", SOURCE)
+    record, _manifest = registry.resolve(name)
+    legacy = dataclasses.replace(
+        record,
+        version="0.9.0",
+        manifest=record.manifest
+        | {"version": "0.9.0", "input_schema": _schema_with(url)},
+    )
+    registry.store.add_service(legacy)
+    with pytest.raises(RequestRefused, match="register a new version") as caught:
+        idle_engine.dispatcher.submit(
+            SubmitRequest(service=f"{name}@0.9.0", input={"n": 1})
+        )
+    assert "never fetches" in caught.value.message
+    assert hits == []
