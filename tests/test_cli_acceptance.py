@@ -120,10 +120,15 @@ def write_service(
 
 
 COUNTER = """
+    import os
     import time
     from kos_see import service
 
     data = service.inputs()
+    # A test that must act while the task runs holds it here until it
+    # creates this file, however slowly the machine runs.
+    while data.get("gate") and not os.path.exists(data["gate"]):
+        time.sleep(0.02)
     for step in range(data.get("steps", 3)):
         service.progress(step + 1, data.get("steps", 3), message=f"step {step + 1}")
         service.log(f"did step {step + 1}")
@@ -252,9 +257,8 @@ def test_cancel_a_running_task_from_the_cli(cli: Cli, tmp_path: Path):
     write_service(tmp_path / "svc", "counter", COUNTER, retry_limit=0)
     cli.run("services", "add", str(tmp_path / "svc"))
     cli.serve()
-    task_id = cli.run(
-        "submit", "counter", "--input", '{"steps": 100, "pause": 0.1}'
-    ).stdout.strip()
+    request = json.dumps({"steps": 2, "gate": str(tmp_path / "never-made")})
+    task_id = cli.run("submit", "counter", "--input", request).stdout.strip()
     deadline = time.monotonic() + 20
     while cli.json("status", task_id)["state"] != "running":
         assert time.monotonic() < deadline, "task never started"
@@ -275,7 +279,8 @@ def test_sigterm_mid_task_requeues_it_and_a_restarted_serve_finishes_it_once(
     cli.run("services", "add", str(tmp_path / "svc"))
     mark = tmp_path / "completions.txt"
     server = cli.serve()
-    request = json.dumps({"steps": 40, "pause": 0.1, "mark": str(mark)})
+    gate = tmp_path / "gate"
+    request = json.dumps({"steps": 2, "gate": str(gate), "mark": str(mark)})
     task_id = cli.run("submit", "counter", "--input", request).stdout.strip()
     deadline = time.monotonic() + 20
     while cli.json("status", task_id)["state"] != "running":
@@ -289,6 +294,7 @@ def test_sigterm_mid_task_requeues_it_and_a_restarted_serve_finishes_it_once(
     assert [a["outcome"] for a in stopped["attempt_details"]] == ["released"]
     assert not mark.exists()
 
+    gate.touch()
     cli.serve()
     deadline = time.monotonic() + 30
     while (task := cli.json("status", task_id))["state"] != "succeeded":
@@ -302,5 +308,5 @@ def test_sigterm_mid_task_requeues_it_and_a_restarted_serve_finishes_it_once(
 def test_only_one_engine_serves_a_home(cli: Cli):
     cli.serve()
     second = cli.run("serve", timeout=30)
-    assert second.returncode == 2
+    assert second.returncode == 3
     assert "already serves" in second.stderr

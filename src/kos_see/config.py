@@ -12,6 +12,7 @@ error in an overridden key names the environment variable, not the file.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,21 @@ Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 # What an attempt's environment may inherit from the engine's; everything
 # else is dropped so that no credential of the engine leaks into a task.
 DEFAULT_ENV_ALLOWLIST = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Variables that make the dynamic loader or the interpreter load other code.
+LOADER_PREFIXES = ("LD_", "DYLD_")
+LOADER_VARIABLES = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
+# The dispatcher's rule for tenant names (kos_see.dispatcher.IDENTITY), here
+# too because config keys name tenants and the dispatcher imports this module.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _check_tenant_name(tenant: str, where: str) -> None:
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ValueError(
+            f"{where} key {tenant!r} is not a valid tenant name: 1 to 64 letters, "
+            "digits and _ . @ -, starting with a letter or digit"
+        )
 
 
 class _Section(BaseModel):
@@ -66,6 +82,32 @@ class ExecutionConfig(_Section):
     keep_workdirs: bool = False
     # Empty: a private folder on /dev/shm when the host has one, else <home>/work.
     workdir_root: str = ""
+    # Bytes of events kept per attempt in all; beyond it events are dropped
+    # and counted like those over event_cap, so a chatty service cannot fill
+    # the store.
+    event_bytes_cap: int = Field(16 * 1024 * 1024, ge=1)
+
+    @field_validator("worker_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(
+                "0 is not a timeout (it does not mean 'none'); give a positive "
+                "duration such as '5m'"
+            )
+        return value
+
+    @field_validator("default_runner")
+    @classmethod
+    def _known_runner(cls, value: str) -> str:
+        if value == "local_python":
+            return value  # built in; the check below imports the registry
+        from kos_see.registry.manifest import KNOWN_RUNNERS
+
+        if value not in KNOWN_RUNNERS:
+            known = ", ".join(sorted(KNOWN_RUNNERS))
+            raise ValueError(f"unknown runner {value!r}; known runners: {known}")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> ExecutionConfig:
@@ -100,6 +142,8 @@ class QueueConfig(_Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> QueueConfig:
+        for tenant in self.tenant_weights:
+            _check_tenant_name(tenant, "queue.tenant_weights")
         for tenant, weight in self.tenant_weights.items():
             if not weight > 0:
                 raise ValueError(
@@ -141,6 +185,25 @@ class SecurityConfig(_Section):
         default_factory=lambda: list(DEFAULT_ENV_ALLOWLIST)
     )
 
+    @field_validator("env_allowlist")
+    @classmethod
+    def _passable_variables(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name.startswith(ENV_PREFIX) or name.startswith(LOADER_PREFIXES):
+                raise ValueError(
+                    f"{name!r} may not pass to attempts: the engine sets its own "
+                    "KOS_SEE_* variables, and loader variables (LD_*, DYLD_*) "
+                    "would change what runs in every attempt"
+                )
+            if name in LOADER_VARIABLES:
+                raise ValueError(
+                    f"{name!r} may not pass to attempts: it changes which code "
+                    "the attempt's interpreter loads"
+                )
+        return names
+
     @model_validator(mode="after")
     def _window_covers_skew(self) -> SecurityConfig:
         if self.replay_window < 2 * self.max_clock_skew:
@@ -168,6 +231,13 @@ class QuotaConfig(_Section):
     services: dict[str, Annotated[int, Field(ge=1, strict=True)]] = Field(
         default_factory=dict
     )
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, tenants: dict[str, TenantQuota]) -> dict[str, TenantQuota]:
+        for tenant in tenants:
+            _check_tenant_name(tenant, "quotas.tenants")
+        return tenants
 
     def for_tenant(self, tenant: str) -> TenantQuota:
         return self.tenants.get(tenant, self.default)
@@ -327,9 +397,37 @@ def load_config(
             )
         merged.update(values)
     try:
-        return EngineConfig.model_validate(data)
+        config = EngineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source, env_names(environ), in_file)) from exc
+    _check_file_types(data, source, env_names(environ))
+    return config
+
+
+def _check_file_types(
+    data: dict[str, Any], source: str, env: Mapping[tuple[str, str], str]
+) -> None:
+    """Refuse a value of the wrong TOML type in the file ("32" for a count,
+    "yes" for a boolean) that the lax validation above would have coerced.
+    Values from the environment are text, so they keep their coercion."""
+    try:
+        EngineConfig.model_validate(data, strict=True)
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {_strict_message(err)} "
+            f"(got {err.get('input')!r})"
+            for err in exc.errors()
+            if tuple(str(p) for p in err["loc"][:2]) not in env
+        ]
+        if lines:
+            raise ConfigError(
+                f"invalid configuration in {source}: " + "; ".join(lines)
+            ) from exc
+
+
+def _strict_message(err: Any) -> str:
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return message + "; write it as a TOML value of that type, without quotes"
 
 
 def validate_config(data: Mapping[str, Any], source: str = "config") -> EngineConfig:

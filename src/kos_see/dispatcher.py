@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 
 from kos_see.audit.log import AuditLog
 from kos_see.audit.verify import VerifyReport, verify_log
@@ -38,6 +39,7 @@ from kos_see.models import NewTask, ServiceRecord, TaskRecord, new_task_id
 from kos_see.policy.authorize import Grant, authorize_submit, require
 from kos_see.policy.gate import PolicyGate
 from kos_see.registry import Registry
+from kos_see.registry.schema import validator_for
 from kos_see.security.envelope import Envelope, parse_envelope
 from kos_see.security.principals import ANY_TENANT, PrincipalStore
 from kos_see.security.verify import Caller, RequestVerifier
@@ -597,6 +599,13 @@ class Dispatcher:
                 f"input for {ref} is nested too deeply to check against its schema",
                 [{"path": "$", "message": "nested too deeply"}],
             ) from exc
+        except referencing.exceptions.Unresolvable as exc:
+            # Only a version registered before references were checked.
+            raise RequestRefused(
+                f"the input schema of {ref} refers to {exc.ref!r}, which the "
+                "engine does not fetch; register a version whose schema holds "
+                "its definitions under $defs"
+            ) from exc
         if errors:
             violations = [{"path": e.json_path, "message": e.message} for e in errors]
             listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
@@ -612,7 +621,7 @@ class Dispatcher:
         # version's schema never changes, so one per version is kept.
         validator = self._validators.get(ref)
         if validator is None:
-            validator = jsonschema.Draft202012Validator(schema)
+            validator = validator_for(schema)
             self._validators[ref] = validator
         return validator
 
@@ -668,16 +677,23 @@ class Dispatcher:
         return asked, run_class
 
     def _check_same_request(self, task: TaskRecord, new: NewTask) -> None:
-        if (task.service, task.version, task.input_digest) != (
-            new.service,
-            new.version,
-            new.input_digest,
-        ):
+        # The fields the caller chose (a key is the tenant's own, so the
+        # tenant is the same); one that differs makes a new request.
+        compared = (
+            ("service", task.service, new.service),
+            ("version", task.version, new.version),
+            ("input", task.input_digest, new.input_digest),
+            ("priority", task.priority, new.priority),
+        )
+        differing = [name for name, old, asked in compared if old != asked]
+        if differing:
+            fields = " and ".join(differing)
             raise IdempotencyConflict(
                 f"idempotency key {new.idempotency_key!r} was used by task {task.id} "
-                f"for {task.service}@{task.version} with other input; use a new key "
-                "for a new request",
+                f"for {task.service}@{task.version} with another {fields}; use a "
+                "new key for a new request",
                 task_id=task.id,
+                fields=differing,
             )
 
 

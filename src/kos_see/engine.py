@@ -8,6 +8,7 @@ wake-up listener; only one process serves a home at a time.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from kos_see.audit.log import AuditLog
 from kos_see.config import EngineConfig
 from kos_see.dispatcher import Dispatcher
-from kos_see.errors import HomeError, StoreUnavailable, TaskNotFound
+from kos_see.errors import EngineAlreadyServing, StoreUnavailable, TaskNotFound
 from kos_see.events import wakeup
 from kos_see.events.pg_wakeup import PgWakeListener
 from kos_see.home import Home
@@ -32,6 +33,7 @@ from kos_see.runners.router import RunnerSet
 from kos_see.runners.sandbox import SandboxRunner
 from kos_see.security.canonical import sha256_digest
 from kos_see.security.keys import load_or_create
+from kos_see.serving_lock import ServingLock, database_file
 from kos_see.states import TERMINAL
 from kos_see.store import Store, open_store
 from kos_see.worker import WorkerPool
@@ -67,6 +69,7 @@ class Engine:
             audit=self.audit,
         )
         self.pool: WorkerPool | None = None
+        self._serving_lock: ServingLock | None = None
         self._listener: wakeup.WakeListener | PgWakeListener | None = None
         self.scheduler: Scheduler | None = None  # cron schedules, while serving
         self.relay: EventRelay | None = None  # events to Redis, while serving
@@ -111,6 +114,29 @@ class Engine:
     ) -> None:
         """Start the worker pool (``worker``) and the cron scheduler
         (``scheduler``) in this process; returns at once."""
+        self._lock_store()
+        try:
+            self._start_serving(runner, worker, scheduler)
+        except BaseException:
+            self._unlock_store()
+            raise
+
+    def _lock_store(self) -> None:
+        database = database_file(self.home.store_url(self.config))
+        if database is None:
+            return
+        lock = ServingLock(database)
+        lock.acquire(self.home.root)
+        self._serving_lock = lock
+
+    def _unlock_store(self) -> None:
+        if self._serving_lock is not None:
+            self._serving_lock.release()
+            self._serving_lock = None
+
+    def _start_serving(
+        self, runner: Runner | None, worker: bool, scheduler: bool
+    ) -> None:
         listener = self._wake_listener()
         self._start_relay()
         if not worker:
@@ -146,6 +172,7 @@ class Engine:
         listener.start()
         if scheduler:
             self._start_scheduler()
+        _warn_if_root()
 
     def _wake_listener(self) -> wakeup.WakeListener | PgWakeListener:
         if self.shared_store:
@@ -153,7 +180,7 @@ class Engine:
         try:
             return wakeup.WakeListener(self.home.root, self._on_wake)
         except OSError as exc:
-            raise HomeError(
+            raise EngineAlreadyServing(
                 f"another engine already serves {self.home.root}; stop it first "
                 "(only one engine serves an embedded home)"
             ) from exc
@@ -191,6 +218,7 @@ class Engine:
         if self.relay is not None:
             self.relay.close()  # after the pool's last flush: it copies that too
             self.relay = None
+        self._unlock_store()
 
     # cron schedules: a thread that makes their tasks through the dispatcher
 
@@ -320,6 +348,16 @@ class Engine:
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", task_id=task_id)
         return task
+
+
+def _warn_if_root() -> None:
+    # RLIMIT_NPROC counts every process of the user and is not enforced for
+    # uid 0 at all, so a manifest's limits.processes bounds nothing here.
+    if os.geteuid() == 0:
+        log.warning(
+            "serving as root: limits.processes has no effect",
+            extra={"action": "process_limit_ineffective", "uid": 0},
+        )
 
 
 def _past(deadline: float | None) -> bool:

@@ -94,17 +94,30 @@ class Home:
 
     def init(self) -> bool:
         """Create the folder and a commented config; False if it existed."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.config_path.exists():
-            return False
-        template = resources.files("kos_see").joinpath("home_config.toml")
-        self.config_path.write_text(template.read_text(encoding="utf-8"))
+        if self.root.exists() and not self.root.is_dir():
+            raise HomeError(
+                f"{self.root} is not a folder; an engine home is a folder: "
+                "choose another path with --home"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self.config_path.exists():
+                return False
+            template = resources.files("kos_see").joinpath("home_config.toml")
+            self.config_path.write_text(template.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise HomeError(
+                f"cannot create an engine home at {self.root}: "
+                f"{exc.strerror or exc}; choose another path with --home"
+            ) from exc
         return True
 
 
 def resolve_home(option: str | Path | None) -> Home:
     chosen = option or os.environ.get(HOME_ENV) or Path.home() / ".kos-see"
-    return Home(Path(chosen).expanduser().absolute())
+    # Resolved, so that a symlinked path or H/../H names the same home (and
+    # the same wake-up address) as H itself.
+    return Home(Path(chosen).expanduser().resolve())
 
 
 SHARED_MEMORY = Path("/dev/shm")

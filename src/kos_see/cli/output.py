@@ -3,12 +3,16 @@
 Data (ids, names, paths, messages, errors, results) never goes through Rich's
 markup parser: it is printed with ``markup=False``, as :func:`plain` Text, or
 escaped with :func:`rich.markup.escape`, so that square brackets in it are
-shown as they are instead of being taken for style tags.
+shown as they are instead of being taken for style tags. Text that a
+service provides (messages, log lines, captured output) may also hold
+terminal control sequences: :func:`shown` escapes them for human output;
+``--json`` output keeps the text as stored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable
 from datetime import datetime
@@ -72,9 +76,22 @@ def state_markup(state: str) -> str:
     return f"[{style}]{escape(state)}[/{style}]"
 
 
+# C0 controls but tab and newline, DEL and the C1 controls: ESC and CSI
+# start sequences that recolour, retitle or rewrite a terminal, CR and BS
+# overwrite what was printed.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``), so that
+    service-provided text cannot drive the terminal it is printed on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def plain(value: object) -> Text:
-    """``value`` as a Rich Text cell: shown verbatim, never parsed as markup."""
-    return Text("" if value is None else str(value))
+    """``value`` as a Rich Text cell: shown verbatim, never parsed as markup,
+    control characters escaped."""
+    return Text("" if value is None else shown(str(value)))
 
 
 def id_column(header: str, ids: Iterable[str]) -> Column:

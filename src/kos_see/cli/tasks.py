@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from kos_see import strict_json
 from kos_see.cli import remote
 from kos_see.cli.context import CliContext
 from kos_see.cli.output import (
@@ -22,6 +23,7 @@ from kos_see.cli.output import (
     errors,
     id_column,
     plain,
+    shown,
     state_text,
     when,
 )
@@ -63,38 +65,9 @@ def parse_input(text: str | None) -> Any:
         except UnicodeDecodeError as exc:
             raise UsageError(f"input file {source!r} is not UTF-8 text") from exc
     try:
-        return json.loads(
-            text, parse_constant=_no_constant, object_pairs_hook=_unique_keys
-        )
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}"
-        ) from exc
-    except _NotJson as exc:
+        return strict_json.loads(text)
+    except strict_json.NotJson as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise UsageError(
-            f"{source} is nested too deeply to read; flatten the input"
-        ) from exc
-
-
-class _NotJson(ValueError):
-    """Text that Python's json module reads but JSON does not allow."""
-
-
-def _no_constant(name: str) -> Any:
-    # Python reads NaN, Infinity and -Infinity; JSON has no such values.
-    raise _NotJson(f"{name} is not a JSON value")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _NotJson(f"duplicate key {key!r} in an object")
-        out[key] = value
-    return out
 
 
 def _not_before(delay: str | None, at: str | None) -> float | None:
@@ -119,6 +92,12 @@ def _not_before(delay: str | None, at: str | None) -> float | None:
                 f"--not-before {at!r} is not an ISO 8601 time such as "
                 "2026-12-24T18:00:00+01:00"
             ) from exc
+        # Bad usage like a --delay that long, not a request the engine refused.
+        if moment.timestamp() > time.time() + MAX_NOT_BEFORE_AHEAD:
+            raise UsageError(
+                f"--not-before {at!r} is more than 10 years ahead; a task may be "
+                "deferred 10 years at most"
+            )
         return moment.timestamp()
     return None
 
@@ -182,7 +161,7 @@ def submit(
         served = engine.last_notify_delivered or not submitted.created
         task = submitted.task
         if wait:
-            task = engine.wait(task.id, wait_timeout)
+            task = _wait_interruptibly(engine, task, wait_timeout, as_json, served)
     finally:
         engine.close()
     if not served and not wait:
@@ -200,6 +179,33 @@ def submit(
         console.print(task.id, highlight=False, markup=False)
     if wait:
         _exit_for(task)
+
+
+def _wait_interruptibly(
+    engine: Engine,
+    task: TaskRecord,
+    timeout: float | None,
+    as_json: bool,
+    served: bool,
+) -> TaskRecord:
+    """Wait for the end; the task's id is on stdout before the wait begins
+    (human output) or when Ctrl-C ends it (JSON), so that an interrupted
+    wait never loses the task it made."""
+    try:
+        if not as_json:
+            console.print(task.id, highlight=False, markup=False)
+            console.file.flush()
+        return engine.wait(task.id, timeout)
+    except KeyboardInterrupt:
+        if as_json:
+            emit_json({**task.to_dict(), "served": served, "interrupted": True})
+        errors.print(
+            f"interrupted; task {task.id} goes on: 'kos-see watch {task.id}' "
+            "follows it",
+            highlight=False,
+            markup=False,
+        )
+        raise
 
 
 def watch(
@@ -258,10 +264,20 @@ def status(
             f"  attempt {a.number}: {a.outcome or 'running'}  pid {a.pid}  "
             f"exit {a.exit_code if a.signal is None else 'signal ' + str(a.signal)}  "
             f"{duration(took)}  cpu {a.cpu_seconds or 0:.2f}s  "
-            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB",
+            f"peak {((a.peak_rss_kb or 0) / 1024):.0f} MiB"
+            + _dropped_note(a.events_dropped),
             highlight=False,
             markup=False,
         )
+
+
+def _dropped_note(dropped: int | None) -> str:
+    if not dropped:
+        return ""
+    return (
+        f"  {dropped} events dropped (over execution.event_cap or "
+        "execution.event_bytes_cap)"
+    )
 
 
 def list_tasks(
@@ -339,16 +355,25 @@ def logs(
         data = dict(e.data)
         text = data.pop("message", None) or data.pop("state", None) or json.dumps(data)
         console.print(
-            f"{when(e.at)} #{e.attempt} {e.kind:<8} {text}",
+            f"{when(e.at)} #{e.attempt} {e.kind:<8} {shown(str(text))}",
             highlight=False,
             markup=False,
         )
     for a in attempts:
+        if a.events_dropped:
+            console.print(
+                f"--- attempt {a.number}:{_dropped_note(a.events_dropped)} ---",
+                style="yellow",
+                highlight=False,
+                markup=False,
+            )
         for stream in ("stdout", "stderr"):
             captured = getattr(a, stream)
             if captured:
                 console.print(f"--- attempt {a.number} {stream} ---", style="dim")
-                console.print(captured.rstrip("\n"), highlight=False, markup=False)
+                console.print(
+                    shown(captured.rstrip("\n")), highlight=False, markup=False
+                )
 
 
 def result(
@@ -452,7 +477,7 @@ def _print_task(task: TaskRecord, now: float | None = None) -> None:
     console.print(
         Text.assemble(
             (task.id, "bold"),
-            f"  {task.service}@{task.version}  ",
+            f"  {shown(task.service)}@{shown(task.version)}  ",
             state_text(task.state.value),
             f"  attempts {task.attempts}/{task.max_attempts}",
         )
@@ -467,15 +492,18 @@ def _print_task(task: TaskRecord, now: float | None = None) -> None:
     if task.progress_done is not None:
         total = f"/{task.progress_total:g}" if task.progress_total else ""
         console.print(
-            f"  progress {task.progress_done:g}{total} {task.progress_message or ''}",
+            f"  progress {task.progress_done:g}{total} "
+            + shown(task.progress_message or ""),
             highlight=False,
             markup=False,
         )
     if task.error:
-        console.print(f"  error: {task.error}", highlight=False, markup=False)
+        console.print(f"  error: {shown(task.error)}", highlight=False, markup=False)
     if task.result is not None:
         console.print(
-            f"  result: {_short(task.result, 300)}", highlight=False, markup=False
+            f"  result: {shown(_short(task.result, 300))}",
+            highlight=False,
+            markup=False,
         )
 
 

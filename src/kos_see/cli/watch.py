@@ -20,7 +20,7 @@ from rich.progress import (
     TextColumn,
 )
 
-from kos_see.cli.output import console, state_markup
+from kos_see.cli.output import console, shown, state_markup
 from kos_see.engine import Engine
 from kos_see.models import TaskRecord
 
@@ -90,7 +90,7 @@ def _show_progress(engine: Engine, tasks: dict[str, TaskRecord]) -> list[TaskRec
     with Progress(*columns, console=console, transient=False) as progress:
         bars: dict[str, TaskID] = {
             tid: progress.add_task(
-                f"{t.service} {tid[-8:]}",
+                f"{shown(t.service)} {tid[-8:]}",
                 total=None,
                 state="",
                 message="",
@@ -123,7 +123,7 @@ def _update(progress: Progress, bar: TaskID, task: TaskRecord) -> None:
     if task.terminal and task.state.value == "succeeded":
         total = total or 1
         done = total
-    message = (task.progress_message or "")[:40]
+    message = shown(task.progress_message or "")[:40]
     progress.update(
         bar,
         total=total,

@@ -120,6 +120,7 @@ def normalize_cron(expr: str) -> str:
             "(e.g. '30 2 * * *'), or @hourly, @daily, @weekly, @monthly, @yearly",
             cron=expr,
         )
+    _refuse_reversed_ranges(expr, fields)
     try:
         croniter(text, datetime(2000, 1, 1))
     except (CroniterError, ValueError, KeyError, TypeError) as exc:
@@ -127,6 +128,42 @@ def normalize_cron(expr: str) -> str:
             f"cron expression {expr!r} is not valid: {exc}", cron=expr
         ) from exc
     return text
+
+
+CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_CRON_NAMES = {
+    name: number
+    for names in (
+        ("jan feb mar apr may jun jul aug sep oct nov dec", 1),
+        ("sun mon tue wed thu fri sat", 0),
+    )
+    for number, name in enumerate(names[0].split(), start=names[1])
+}
+
+
+def _refuse_reversed_ranges(expr: str, fields: list[str]) -> None:
+    # croniter reads a range such as 5-1 as wrapping around, which is not
+    # what cron means by it and is almost always a typo.
+    for field_name, field in zip(CRON_FIELDS, fields, strict=True):
+        for part in field.split(","):
+            low, dash, high = part.partition("/")[0].partition("-")
+            if not dash:
+                continue
+            start, end = _cron_number(low), _cron_number(high)
+            if start is not None and end is not None and start > end:
+                raise ScheduleInvalid(
+                    f"cron expression {expr!r}: the {field_name} range {part!r} "
+                    "runs backwards; write it low to high, or one that wraps "
+                    "around as a list of two ranges (22-23,0-2 for the hours "
+                    "22 to 2)",
+                    cron=expr,
+                )
+
+
+def _cron_number(text: str) -> int | None:
+    if text.isdigit():
+        return int(text)
+    return _CRON_NAMES.get(text.lower())
 
 
 class CronTimes:

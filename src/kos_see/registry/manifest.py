@@ -31,7 +31,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,6 +43,8 @@ from pydantic import (
 from kos_see.config import Seconds
 from kos_see.dependencies.declared import Dependencies
 from kos_see.errors import ManifestError
+from kos_see.registry.digest import read_regular_file
+from kos_see.registry.schema import check_input_schema
 
 MANIFEST_NAME = "service.toml"
 KNOWN_RUNNERS = frozenset({"local_python", "sandbox"})
@@ -101,6 +102,17 @@ class Manifest(BaseModel):
             raise ValueError(f"unknown runner {value!r}; known runners: {known}")
         return value
 
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(
+                f"timeout {value:g} s is not a timeout (0 does not mean 'none'); "
+                "give a positive duration such as '10m', or leave timeout out "
+                "to use execution.worker_timeout"
+            )
+        return value
+
     @field_validator("retry_cap")
     @classmethod
     def _cap_not_below_base(
@@ -118,10 +130,7 @@ class Manifest(BaseModel):
     @field_validator("input_schema")
     @classmethod
     def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jsonschema.Draft202012Validator.check_schema(value)
-        except jsonschema.SchemaError as exc:
-            raise ValueError(f"not a valid JSON Schema: {exc.message}") from exc
+        check_input_schema(value)
         return value
 
     @property
@@ -139,7 +148,7 @@ def load_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise ManifestError(f"{folder} is not a folder; a service is a folder")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular_file(path).decode("utf-8"))
     except FileNotFoundError as exc:
         raise ManifestError(f"{folder} has no {MANIFEST_NAME}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -180,7 +189,7 @@ def _check_entrypoint(folder: Path, manifest: Manifest, path: Path) -> None:
 def _top_level_names(entry: Path) -> set[str]:
     """Names a module binds at its top level, read without running it."""
     try:
-        tree = ast.parse(entry.read_bytes(), filename=str(entry))
+        tree = ast.parse(read_regular_file(entry), filename=str(entry))
     except SyntaxError as exc:
         raise ManifestError(
             f"{entry} is not valid Python: {exc.msg} (line {exc.lineno})"

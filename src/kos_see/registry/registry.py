@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from kos_see.errors import (
     ManifestError,
     RequestRefused,
@@ -86,7 +88,7 @@ class Registry:
             record = self.store.get_service(name, version)
             if record is None:
                 raise ServiceNotFound(self._not_found(name, version), service=ref)
-            cached = (record, Manifest.model_validate(record.manifest))
+            cached = (record, _registered_manifest(record))
             # A registered version never changes, so it can be kept for good.
             self._resolved[(record.name, record.version)] = cached
         self.verify(cached[0])
@@ -146,3 +148,18 @@ class Registry:
             f"no service {name!r} is registered; add it with "
             "'kos-see services add PATH'"
         )
+
+
+def _registered_manifest(record: ServiceRecord) -> Manifest:
+    # A version registered before a check was added may fail it now.
+    try:
+        return Manifest.model_validate(record.manifest)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ManifestError(
+            f"{record.ref} was registered with a manifest the engine now refuses "
+            f"({problems}); register a new version with it fixed",
+            service=record.ref,
+        ) from exc

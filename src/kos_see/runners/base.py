@@ -48,6 +48,7 @@ class AttemptSpec:
     # Called with the working directory and the outcome after the process
     # ended, before the directory is removed (out/ files are collected).
     collect: Callable[[Path, AttemptOutcome], None] | None = None
+    event_bytes_cap: int = 16 * 1024 * 1024
 
 
 @dataclass

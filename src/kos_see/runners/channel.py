@@ -12,6 +12,8 @@ import re
 import time
 from typing import Any
 
+from kos_see import strict_json
+
 MAX_LINE = 4 * 1024 * 1024
 # JSON may escape a lone surrogate (backslash-u d800); UTF-8 cannot hold one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -47,12 +49,18 @@ class EventChannel:
 
     Progress reports between two flushes collapse into the latest one, since a
     watcher needs only the newest; log lines and partial outputs are all kept
-    up to ``event_cap``.
+    up to ``event_cap`` events and ``event_bytes_cap`` bytes in all. A line
+    that is not strict JSON is refused with a warning; a result that is not
+    makes ``result_unreadable`` say why, which fails the attempt.
     """
 
-    def __init__(self, event_cap: int, result_cap: int) -> None:
+    def __init__(
+        self, event_cap: int, result_cap: int, event_bytes_cap: int = 16 * 1024**2
+    ) -> None:
         self.event_cap = event_cap
         self.result_cap = result_cap
+        self.event_bytes_cap = event_bytes_cap
+        self.kept_bytes = 0
         # A line must be able to hold the largest result that is accepted.
         self.max_line = max(MAX_LINE, result_cap + 65536)
         self.pending: list[tuple[float, str, dict[str, Any]]] = []
@@ -62,6 +70,7 @@ class EventChannel:
         self.dropped = 0
         self.result: str | None = None
         self.result_too_large = False
+        self.result_unreadable: str | None = None
         self.error: dict[str, Any] | None = None
         self._partial = bytearray()
         self._skipping = False
@@ -112,19 +121,14 @@ class EventChannel:
     def _line(self, line: bytes) -> None:
         if not line.strip():
             return
+        text = line.decode("utf-8", errors="replace")
         try:
-            record = json.loads(line.decode("utf-8", errors="replace"))
-        except ValueError:
-            record = None
+            record = strict_json.loads(text, allow_surrogates=True)
+        except strict_json.NotJson as exc:
+            self._unreadable(line, str(exc))
+            return
         if not isinstance(record, dict):
-            self._keep(
-                "log",
-                {
-                    "level": "warning",
-                    "message": "unreadable event line: "
-                    + line[:200].decode("utf-8", errors="replace"),
-                },
-            )
+            self._unreadable(line, "not a JSON object")
             return
         record = _storable(record)
         kind = record.get("type")
@@ -151,7 +155,22 @@ class EventChannel:
                 "log", {"level": "warning", "message": f"unknown event type {kind!r}"}
             )
 
+    def _unreadable(self, line: bytes, reason: str) -> None:
+        if _RESULT_START.search(line[:200]):
+            # The service meant a result: succeeding with none would hide it.
+            self.result = None
+            self.result_unreadable = reason
+        self._warn(
+            "unreadable event line: "
+            + line[:200].decode("utf-8", errors="replace")
+            + f" ({reason})"
+        )
+
+    def _warn(self, message: str) -> None:
+        self._keep("log", {"level": "warning", "message": message})
+
     def _result(self, value: Any) -> None:
+        self.result_unreadable = None
         text = json.dumps(value, ensure_ascii=False, default=str)
         if len(text.encode()) > self.result_cap:
             self.result_too_large = True
@@ -163,16 +182,27 @@ class EventChannel:
     def _progress(self, record: dict[str, Any]) -> None:
         done = _number(record.get("done"))
         total = _number(record.get("total"))
+        for key, number in (("done", done), ("total", total)):
+            if record.get(key) is not None and number is None:
+                self._warn(
+                    f"progress event refused: {key} is {record.get(key)!r:.100}, "
+                    "not a number"
+                )
+                return
         message = record.get("message")
         message = None if message is None else str(message)[:500]
         self.progress = (done, total, message)
         self._progress_event = {"done": done, "total": total, "message": message}
 
     def _keep(self, kind: str, data: dict[str, Any]) -> None:
-        if self.kept >= self.event_cap:
+        size = len(
+            json.dumps(data, ensure_ascii=False, default=str).encode(errors="replace")
+        )
+        if self.kept >= self.event_cap or self.kept_bytes + size > self.event_bytes_cap:
             self.dropped += 1
             return
         self.kept += 1
+        self.kept_bytes += size
         self.pending.append((time.time(), kind, data))
 
 

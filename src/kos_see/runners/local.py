@@ -188,7 +188,9 @@ class _Supervisor:
         self.on_events = on_events
         self.stdout = CappedOutput(spec.output_cap)
         self.stderr = CappedOutput(spec.output_cap)
-        self.channel = EventChannel(spec.event_cap, spec.result_cap)
+        self.channel = EventChannel(
+            spec.event_cap, spec.result_cap, spec.event_bytes_cap
+        )
         self.started = time.monotonic()
         self.deadline = self.started + spec.timeout
         self.timed_out = False
@@ -353,6 +355,10 @@ def classify(
         )
         return outcome
     if exit_info.exit_code == 0 and channel.error is None:
+        if channel.result_unreadable is not None:
+            outcome.error_kind = "result_unreadable"
+            outcome.error = f"the result is not JSON: {channel.result_unreadable}"
+            return outcome
         if channel.result_too_large:
             outcome.error_kind = "result_too_large"
             outcome.error = f"the result is larger than {spec.result_cap} bytes"

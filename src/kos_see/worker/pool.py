@@ -540,6 +540,7 @@ class WorkerPool:
             output_cap=execution.output_cap_bytes,
             event_cap=execution.event_cap,
             result_cap=execution.result_cap_bytes,
+            event_bytes_cap=execution.event_bytes_cap,
             keep_workdir=execution.keep_workdirs,
             runner=task.runner or manifest.runner or execution.default_runner,
             secrets=tuple(task.secret_names()),
