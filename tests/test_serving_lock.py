@@ -77,3 +77,12 @@ def test_serving_as_root_warns_that_process_limits_do_nothing(
     warned = [r for r in caplog.records if r.action == "process_limit_ineffective"]
     assert len(warned) == 1
     assert "limits.processes" in warned[0].getMessage()
+
+
+def test_a_server_database_takes_no_file_lock(tmp_path) -> None:
+    # Many engines serve one PostgreSQL database at once: no lock file for it,
+    # and never one named after the current folder.
+    from kos_see.serving_lock import database_file
+
+    assert database_file("postgresql://root@127.0.0.1:5432/test") is None
+    assert database_file(f"sqlite:///{tmp_path}/see.db") == (tmp_path / "see.db")

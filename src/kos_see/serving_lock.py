@@ -20,8 +20,12 @@ from kos_see.errors import EngineAlreadyServing
 
 
 def database_file(url: str) -> Path | None:
-    """The real path of an SQLite store's file; None for a store with no file."""
-    database = make_url(url).database
+    """The real path of an SQLite store's file; None for a store with no file
+    and for a server's database (PostgreSQL), which many engines share."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(os.path.realpath(database))

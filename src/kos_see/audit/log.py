@@ -130,6 +130,7 @@ class AuditLog:
     def _write(self, batch: list[Pending], checkpoint: bool) -> None:
         key = self.key if batch or checkpoint else None
         with self.store._write() as conn:
+            _lock_chain(conn)
             seq, prev = head(conn)
             rows = []
             for entry in batch:
@@ -220,6 +221,19 @@ class AuditLog:
 HEAD_ENTRY = "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
 HEAD_CHECKPOINT = "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT max(seq) FROM audit_checkpoints"
+
+
+# pg_advisory_xact_lock key of the chain's head: "kos-see audit" as 8 bytes.
+CHAIN_LOCK_KEY = int.from_bytes(b"ksaudit\0", "big") >> 1
+
+
+def _lock_chain(conn: Any) -> None:
+    """Serialise appends to the chain across processes sharing a PostgreSQL
+    store: each reads the head and links to it, so two at once would fork it.
+    SQLite needs nothing more: its write transaction is exclusive already."""
+    dialect = getattr(conn, "dialect", None)
+    if dialect is not None and dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")
 
 
 def head(conn: Any) -> tuple[int, str]:
