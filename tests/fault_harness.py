@@ -444,11 +444,26 @@ def drain(cluster: Cluster, plan: RunPlan, history: History) -> None:
             except KosSeeError:
                 left = list(ids)
             if not left:
+                _await_streams(engine, ids, deadline)
                 return
             time.sleep(0.5)
         history.violations.append(f"{len(left)} tasks not terminal after drain")
     finally:
         engine.close()
+
+
+def _await_streams(engine: Engine, ids: set[str], deadline: float) -> None:
+    """Give the serving relay time to copy the last events before the cluster
+    stops: the check afterwards wants every stored event in its stream."""
+    if not engine.config.events.url:
+        return
+    while time.monotonic() < deadline:
+        probe = History()
+        for task_id in ids:
+            check_stream(engine, task_id, probe)
+        if not probe.violations:
+            return
+        time.sleep(0.5)
 
 
 def run(plan: RunPlan, events: bool = True) -> History:
