@@ -7,9 +7,9 @@ dropped here), as an operator would run them on several hosts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from conftest import PG_ADMIN_URL, missing_service
@@ -167,7 +168,7 @@ def test_db_upgrade_makes_the_schema_and_engines_refuse_a_database_without_it(
     assert hosts.run("services", "list").returncode == 0
 
 
-def test_split_roles_need_a_shared_store_and_the_api_role_needs_the_api(
+def test_split_roles_need_a_shared_store_and_the_api_role_serves_the_api(
     hosts: Hosts, tmp_path: Path
 ) -> None:
     embedded = {**hosts.env, "KOS_SEE_STORE__URL": ""}
@@ -181,12 +182,27 @@ def test_split_roles_need_a_shared_store_and_the_api_role_needs_the_api(
     assert done.returncode == 2
     assert "--role worker needs a store that processes share" in done.stderr
 
-    if importlib.util.find_spec("kos_see.api") is not None:
-        pytest.skip("kos_see.api is installed: the API role is tested with it")
+    # On a shared store the api role serves the network API and nothing else.
     assert hosts.run("db", "upgrade").returncode == 0
-    api = hosts.run("serve", "--role", "api")
-    assert api.returncode == 2
-    assert "kos_see.api is not importable" in api.stderr, api.stderr
+    hosts.env["KOS_SEE_API__PORT"] = "0"
+    hosts.env["KOS_SEE_API__GRPC_PORT"] = "0"
+    api = hosts.serve("api")
+    url = wait_for_rest_url(hosts.logs[-1], api)
+    health = httpx.get(f"{url}/healthz", timeout=10)
+    assert health.status_code == 200, health.text
+    assert "slots" not in hosts.logs[-1].read_text()  # no worker pool started
+
+
+def wait_for_rest_url(log: Path, proc: subprocess.Popen[str]) -> str:
+    """The REST address that a serving process prints once its API listens."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"api: REST (http://\S+?)(,|\s)", log.read_text())
+        if match:
+            return match.group(1)
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"no API address in {log}: {log.read_text()}")
 
 
 def test_worker_processes_share_the_queue_and_wake_on_notify(
