@@ -485,6 +485,8 @@ def make_api(make_engine: EngineFactory) -> Iterator[Callable[..., ApiFixture]]:
 def api(make_api: Callable[..., ApiFixture]) -> ApiFixture:
     """The default API fixture; see :class:`ApiFixture`."""
     return make_api()
+
+
 # Both stores. A test module opts in with ``pytestmark =
 # pytest.mark.both_stores``: its tests then run once on the home's SQLite file
 # and once on PostgreSQL. Every test run has a database of its own (a random

@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,8 +471,10 @@ def run(plan: RunPlan, events: bool = True) -> History:
     history = History()
     name, store_url = create_database()
     root = Path(tempfile.mkdtemp(prefix="kos-see-faults-"))
+    cleanup: list[Callable[[], None]] = []
     try:
         cluster = Cluster(root, plan, store_url, REDIS_URL if events else "")
+        cleanup.append(cluster.stop)  # a run cut short leaves no engine behind
         _upgrade(cluster)
         register_service(cluster)
         add_schedule(cluster)
@@ -491,6 +494,9 @@ def run(plan: RunPlan, events: bool = True) -> History:
         history.counts["refused_writes"] = count_in_logs(cluster.logs, "write_refused")
         history.counts["rescued"] = count_in_logs(cluster.logs, "leases_rescued")
     finally:
+        for stop in cleanup:
+            with contextlib.suppress(Exception):
+                stop()
         ensure_servers_up()
         with contextlib.suppress(psycopg.Error):
             drop_database(name)

@@ -259,6 +259,8 @@ class ServerUnreachable(KosSeeError):
     """The engine's API server could not be reached or answered out of protocol."""
 
     code = "server_unreachable"
+
+
 class EngineAlreadyServing(RequestRefused):
     """Another engine already serves this store; only one may serve it at a time."""
 
