@@ -19,6 +19,7 @@ from kos_see.cli.context import CliContext
 from kos_see.cli.output import console, emit_json
 from kos_see.errors import UsageError
 from kos_see.registry.manifest import SECRET_PATTERN
+from kos_see.security.keys import temporary_beside
 
 app = typer.Typer(
     help="Secret values that attempts may be given.", no_args_is_help=True
@@ -52,8 +53,8 @@ def set_secret(
     context: CliContext = ctx.obj
     folder = context.home.require().secrets_dir
     folder.mkdir(mode=0o700, exist_ok=True)
-    temporary = folder / f".{name}.new"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = temporary_beside(folder / name)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(value)
     os.replace(temporary, folder / name)

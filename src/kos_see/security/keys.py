@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def generate() -> SigningKey:
     return SigningKey(Ed25519PrivateKey.generate())
 
 
+def temporary_beside(path: Path) -> Path:
+    """A name next to ``path`` that no other writer uses, process or thread:
+    writers that race on one fresh home must never share a temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.new")
+
+
 def write_pair(key: SigningKey, private_path: Path) -> Path:
     """Write KEY.key (0600, refused if it exists) and KEY.pub; return the .pub."""
     private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,8 +101,8 @@ def write_pair(key: SigningKey, private_path: Path) -> Path:
     # no moment when it is readable by others), then linked into place: a
     # link never overwrites a key someone may depend on, and a process that
     # races to read the key finds it complete or not at all.
-    temporary = private_path.with_name(f".{private_path.name}.{os.getpid()}.new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = temporary_beside(private_path)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(pem)

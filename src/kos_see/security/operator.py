@@ -15,7 +15,7 @@ from typing import Any
 
 from kos_see.home import Home
 from kos_see.policy.gate import default_policy_text
-from kos_see.security.keys import load_or_create
+from kos_see.security.keys import load_or_create, temporary_beside
 from kos_see.security.principals import (
     ANY_TENANT,
     PrincipalExists,
@@ -48,7 +48,7 @@ def ensure_operator(home: Home, store: Any, policy_path: Path) -> PrincipalRecor
 def _write_new(path: Path, text: str) -> None:
     """Write ``path`` whole, unless it exists (then leave it as it is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary = temporary_beside(path)
     temporary.write_text(text)
     try:
         os.link(temporary, path)
