@@ -53,15 +53,20 @@ class _Declared(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PromptDependency(_Declared):
-    name: str = Field(pattern=NAME_PATTERN)
-    version: str = Field(pattern=NAME_PATTERN)
+class _PlacedByDefault(_Declared):
+    # Where in the working directory the fetched text goes; empty: a default
+    # place that the kind of dependency names (``target``).
     path: str = ""
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
         return checked_path(value) if value else value
+
+
+class PromptDependency(_PlacedByDefault):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=NAME_PATTERN)
 
     @property
     def target(self) -> str:
@@ -94,17 +99,11 @@ class ArtifactDependency(_Declared):
         return f"artifact:{self.path}"
 
 
-class VectorDependency(_Declared):
+class VectorDependency(_PlacedByDefault):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     collection: str = Field(pattern=COLLECTION_PATTERN)
     query_from: str = Field(min_length=1)
     top_k: int = Field(5, ge=1)
-    path: str = ""
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        return checked_path(value) if value else value
 
     @property
     def target(self) -> str:

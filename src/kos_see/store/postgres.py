@@ -71,27 +71,13 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _sqlalchemy_write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise _unavailable(exc) from exc
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(exc) from exc
-            raise
+        with _server_errors(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _sqlalchemy_read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise _unavailable(exc) from exc
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(exc) from exc
-            raise
+        with _server_errors(), self.engine.connect() as conn:
+            yield conn
 
     def create_task(self, task: NewTask) -> tuple[TaskRecord, bool]:
         """As the embedded store's; two submits of one idempotency key at the
@@ -137,3 +123,17 @@ def postgres_engine(url: str) -> Engine:
             "options": f"-c idle_in_transaction_session_timeout={IDLE_MS}",
         },
     )
+
+
+@contextmanager
+def _server_errors() -> Iterator[None]:
+    """A lost or refused connection becomes StoreUnavailable (callers back off
+    and retry); any other database error stays what it is."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise _unavailable(exc) from exc
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _unavailable(exc) from exc
+        raise
